@@ -1,0 +1,125 @@
+"""Measure one feature file: stream the statistics, compute the metrics, build the record.
+
+The record is the JSON object of ``shared/spec/metrics.md`` (schema ``ncli.measure/1``).
+No torch, no CLI here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ncli import metrics as M
+from ncli.errors import InputError
+from ncli.fileformat import FeatureFile
+from ncli.stream import class_sums, evaluate_split
+
+SCHEMA = "ncli.measure/1"
+
+
+def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
+    """Names of the intermediate layers stored for ``split`` (for ``--layer all``)."""
+    with FeatureFile(path) as ff:
+        layers = list(ff.split(split).layers)
+    if not layers:
+        raise InputError(f"{path}: split {split!r} stores no layers (/{split}/layers/...)")
+    return layers
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def measure_file(
+    path: str | os.PathLike,
+    *,
+    split: str = "train",
+    global_mean: str = "class",
+    per_class: bool = False,
+    layer: str | None = None,
+    chunk_rows: int | None = None,
+) -> dict:
+    """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
+
+    ``split`` names the split whose class statistics define the metrics; every split in the
+    file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
+    of the penultimate features (classifier metrics are then not available).
+    """
+    if global_mean not in ("class", "sample"):
+        raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
+    with FeatureFile(path) as ff:
+        info = ff.split(split)
+        C = ff.num_classes
+        if C < 2:
+            raise InputError(f"{path}: num_classes is {C}; Neural Collapse metrics need at least 2 classes")
+        if layer is not None:
+            p = ff.layer_info(split, layer)[1]
+            clf = None
+            for other in ff.splits:
+                if layer not in ff.splits[other].layers:
+                    raise InputError(f"{path}: split {other!r} has no layer {layer!r}")
+        else:
+            p = info.feature_dim
+            clf = ff.classifier()
+        W, b = clf if clf is not None else (None, None)
+        names = ff.class_names()
+
+        counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer)
+        try:
+            means = M.class_means(counts, sums, names)
+        except InputError as exc:
+            raise InputError(f"{path}: split {split!r}: {exc}") from None
+        mu_g = M.global_mean(means, counts, sums, global_mean)
+        basis = M.between_basis(means - mu_g)
+
+        order = [split] + [s for s in ff.splits if s != split]
+        results = {}
+        for s in order:
+            results[s] = evaluate_split(
+                ff, s, means=means, basis=basis, W=W, b=b, accumulate=(s == split), chunk_rows=chunk_rows, layer=layer
+            )
+        train = results[split]
+        metrics = M.collapse_metrics(
+            counts=counts, means=means, mu_g=mu_g, basis=basis, ss_within=train.ss_within, proj_ss=train.proj_ss, W=W
+        )
+        splits = {}
+        for s, r in results.items():
+            splits[s] = {
+                "num_samples": r.num_samples,
+                "accuracy": _ratio(r.net_correct, r.num_samples) if r.has_classifier else None,
+                "ncc_accuracy": _ratio(r.ncc_correct, r.num_samples),
+                "ncc_disagreement": _ratio(r.disagree, r.num_samples) if r.has_classifier else None,
+            }
+        headline = "test" if "test" in splits else split
+        metrics["ncc_disagreement"] = splits[headline]["ncc_disagreement"]
+        metrics = {k: metrics[k] for k in M.METRIC_KEYS}
+
+        record = {
+            "schema": SCHEMA,
+            "file": str(path),
+            "epoch": ff.epoch,
+            "step": ff.step,
+            "layer": layer if layer is not None else ff.feature_layer,
+            "num_classes": C,
+            "feature_dim": p,
+            "splits": splits,
+            "metrics": metrics,
+            "global_mean": global_mean,
+            "train_split": split,
+            "has_classifier": W is not None,
+        }
+        if per_class:
+            rows = M.per_class_table(counts=counts, means=means, mu_g=mu_g, ss_within=train.ss_within, W=W)
+            for c, row in enumerate(rows):
+                row["name"] = names[c] if names else None
+                row["ncc_disagreement"] = {
+                    s: (
+                        float(r.disagree_per_class[c] / r.class_counts[c])
+                        if r.has_classifier and r.class_counts[c]
+                        else None
+                    )
+                    for s, r in results.items()
+                }
+            record["per_class"] = rows
+    return record

@@ -1,0 +1,151 @@
+"""Rendering of measure records: JSON lines and rich tables.
+
+Tables go to stdout. When stdout is not a terminal the console is made wide enough that no
+number is ever cut or wrapped; the table shows 6 significant digits, ``--json`` gives full
+precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+CAPTIONS = {
+    "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C",
+    "nc1_rank": "rank of Σ_B used",
+    "nc1_trace_ratio": "Tr(Σ_W)/Tr(Σ_B)",
+    "cdnv": "class-distance normalised variance",
+    "equinorm_means": "NC2  std/mean ‖μ_c−μ_G‖",
+    "equinorm_classifiers": "NC2  std/mean ‖w_c‖",
+    "equiangular_means": "NC2  std cos(μ_c, μ_c')",
+    "equiangular_classifiers": "NC2  std cos(w_c, w_c')",
+    "maxangle_means": "NC2  mean |cos + 1/(C−1)|, means",
+    "maxangle_classifiers": "NC2  mean |cos + 1/(C−1)|, classifiers",
+    "etf_distance_means": "NC2  ‖G/‖G‖ − ETF‖, means",
+    "etf_distance_classifiers": "NC2  ‖G/‖G‖ − ETF‖, classifiers",
+    "self_duality": "NC3  ‖W/‖W‖ − M/‖M‖‖²",
+    "wh_etf_distance": "NC3  ‖WM/‖WM‖ − ETF‖",
+    "ncc_disagreement": "NC4  net ≠ nearest class centre",
+}
+
+
+def _clean(obj):
+    """Non-finite floats become None so that the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def record_json(record: dict) -> str:
+    """One line of strict JSON at full float precision."""
+    return json.dumps(_clean(record), allow_nan=False, ensure_ascii=False)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def make_console(file=None) -> Console:
+    file = file or sys.stdout
+    is_tty = hasattr(file, "isatty") and file.isatty()
+    if is_tty:
+        return Console(file=file)
+    # pipes and files: never wrap or cut; no colours
+    return Console(file=file, width=10_000, color_system=None, force_terminal=False, soft_wrap=False)
+
+
+def _title(rec: dict) -> str:
+    bits = [rec["file"]]
+    if rec.get("layer"):
+        bits.append(f"layer {rec['layer']}")
+    if rec.get("epoch") is not None:
+        bits.append(f"epoch {rec['epoch']}")
+    if rec.get("step") is not None:
+        bits.append(f"step {rec['step']}")
+    return "  ".join(bits)
+
+
+def metrics_table(records: list[dict]) -> Table:
+    single = len(records) == 1
+    table = Table(title=_title(records[0]) if single else None, title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("meaning", no_wrap=True, style="dim")
+    for rec in records:
+        head = "value" if single else _title(rec)
+        table.add_column(head, justify="right", no_wrap=True)
+    for key in records[0]["metrics"]:
+        table.add_row(key, CAPTIONS.get(key, ""), *[fmt(r["metrics"].get(key)) for r in records])
+    return table
+
+
+def splits_table(rec: dict, with_file: bool = False) -> Table:
+    title = f"splits (class statistics from {rec.get('train_split', 'train')!r})"
+    if with_file:
+        title = f"{_title(rec)}: {title}"
+    table = Table(title=title, title_justify="left")
+    for col in ("split", "samples", "accuracy", "ncc_accuracy", "ncc_disagreement"):
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    for name, s in rec["splits"].items():
+        table.add_row(
+            name, fmt(s["num_samples"]), fmt(s["accuracy"]), fmt(s["ncc_accuracy"]), fmt(s["ncc_disagreement"])
+        )
+    return table
+
+
+def per_class_table(rec: dict) -> Table:
+    splits = list(rec["splits"])
+    table = Table(title="per class (train statistics)", title_justify="left")
+    cols = ["class", "name", "N_c", "σ_c²", "‖μ_c−μ_G‖", "‖w_c‖", "cos(w_c, μ_c−μ_G)"]
+    cols += [f"NCC disagr. {s}" for s in splits]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
+    for row in rec["per_class"]:
+        table.add_row(
+            str(row["class"]),
+            row.get("name") or "",
+            fmt(row["num_samples"]),
+            fmt(row["sigma2"]),
+            fmt(row["mean_dist"]),
+            fmt(row["classifier_norm"]),
+            fmt(row["cos_classifier_mean"]),
+            *[fmt(row["ncc_disagreement"].get(s)) for s in splits],
+        )
+    return table
+
+
+def print_records(records: list[dict], *, per_class: bool = False, file=None) -> None:
+    console = make_console(file)
+    if not records:
+        return
+    if len(records) > 1:
+        console.print(metrics_table(records))
+        for rec in records:
+            console.print(splits_table(rec, with_file=True))
+            if per_class and "per_class" in rec:
+                console.print(per_class_table(rec))
+        return
+    rec = records[0]
+    console.print(metrics_table([rec]))
+    console.print(splits_table(rec))
+    if per_class and "per_class" in rec:
+        console.print(per_class_table(rec))
+    if not rec.get("has_classifier", True):
+        console.print("— : not available (the file stores no classifier)", style="dim")

@@ -1,0 +1,145 @@
+"""Streaming accumulation of the sufficient statistics over a feature file (two passes).
+
+Pass 1 (train split): per-class counts and float64 sums          → class means μ_c.
+Pass 2 (every split): D = h − μ_y in float64, then one GEMM  D · [U | Wᵀ]  per chunk:
+  - train only: Σ‖D‖² per class (σ_c², Tr Σ_W) and Σ (Dᵀu_j)² (Σ_W projected on span(M));
+  - all splits: network decision argmax(hWᵀ + b) and NCC decision argmin ‖h − μ_c‖,
+    both formed from the same GEMM (the NCC distances live in the k = min(p, C)
+    coordinates of the centred means, so no N × C × p work).
+Memory is O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
+(:mod:`ncli.metrics`) and no CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ncli.errors import InputError
+from ncli.fileformat import FeatureFile
+from ncli.metrics import BetweenBasis
+
+
+def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, what: str = "features") -> InputError:
+    bad = ~np.isfinite(H).all(axis=1)
+    row = start + int(np.argmax(bad)) if bad.any() else start
+    return InputError(f"{ff.path}: split {split!r}, row {row}: {what} contain NaN or Inf")
+
+
+class _Buffers:
+    """Reusable float64 work arrays (avoids page-faulting fresh memory every chunk)."""
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self._bufs.get(name)
+        need = int(np.prod(shape))
+        if buf is None or buf.size < need:
+            buf = np.empty(need, dtype=np.float64)
+            self._bufs[name] = buf
+        return buf[:need].reshape(shape)
+
+
+def class_sums(
+    ff: FeatureFile, split: str, *, chunk_rows: int | None = None, layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: (counts (C,) int64, sums (C, p) float64) of a split."""
+    C = ff.num_classes
+    p = ff.feature_dim if layer is None else ff.layer_info(split, layer)[1]
+    counts = np.zeros(C, dtype=np.int64)
+    sums = np.zeros((C, p), dtype=np.float64)
+    for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
+        y = ch.labels
+        order = np.argsort(y, kind="stable")
+        ys = y[order]
+        starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+        classes = ys[starts]
+        part = np.add.reduceat(ch.features[order], starts, axis=0, dtype=np.float64)
+        if not np.isfinite(part).all():
+            raise _nonfinite_error(ff, split, ch.start, ch.features)
+        sums[classes] += part
+        counts += np.bincount(y, minlength=C)
+    return counts, sums
+
+
+@dataclass
+class SplitResult:
+    """Decisions of one split, and (train split only) the within-class statistics."""
+
+    num_samples: int = 0
+    class_counts: np.ndarray | None = None  # (C,) samples per class in this split
+    net_correct: int = 0
+    ncc_correct: int = 0
+    disagree: int = 0
+    disagree_per_class: np.ndarray | None = None  # (C,)
+    ss_within: np.ndarray | None = None  # (C,) Σ ‖h − μ_c‖²   (accumulated split only)
+    proj_ss: np.ndarray | None = None  # (k,) Σ (u_jᵀ (h − μ_y))²
+    has_classifier: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_split(
+    ff: FeatureFile,
+    split: str,
+    *,
+    means: np.ndarray,
+    basis: BetweenBasis,
+    W: np.ndarray | None,
+    b: np.ndarray | None,
+    accumulate: bool,
+    chunk_rows: int | None = None,
+    layer: str | None = None,
+) -> SplitResult:
+    """Pass 2 over one split (see module docstring)."""
+    C, p = means.shape
+    U = basis.U  # (p, k)
+    k = U.shape[1]
+    coords = basis.coords  # (C, k): μ_c − μ_G in U coordinates
+    sq_norm_m = np.einsum("ck,ck->c", coords, coords)  # ‖μ_c − μ_G‖²
+    have_w = W is not None
+    if have_w:
+        B = np.ascontiguousarray(np.concatenate([U, W.T], axis=1))  # (p, k + C)
+        offset = means @ W.T + b  # (C, C): row y = μ_y Wᵀ + b, added back to D Wᵀ
+    else:
+        B = U
+        offset = None
+    res = SplitResult(
+        class_counts=np.zeros(C, dtype=np.int64),
+        disagree_per_class=np.zeros(C, dtype=np.int64),
+        has_classifier=have_w,
+    )
+    if accumulate:
+        res.ss_within = np.zeros(C, dtype=np.float64)
+        res.proj_ss = np.zeros(k, dtype=np.float64)
+    bufs = _Buffers()
+    for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
+        y = ch.labels
+        n = y.shape[0]
+        D = bufs.get("D", (n, p))
+        np.copyto(D, ch.features)  # float64
+        D -= means[y]
+        rn = np.einsum("ij,ij->i", D, D)
+        if not np.isfinite(rn).all():
+            raise _nonfinite_error(ff, split, ch.start, ch.features)
+        G = D @ B  # (n, k [+ C])
+        Z = G[:, :k]
+        if accumulate:
+            res.ss_within += np.bincount(y, weights=rn, minlength=C)
+            res.proj_ss += np.einsum("ij,ij->j", Z, Z)
+        # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
+        E = Z + coords[y]  # h − μ_G in U coordinates
+        ncc_score = sq_norm_m[None, :] - 2.0 * (E @ coords.T)
+        y_ncc = np.argmin(ncc_score, axis=1)
+        res.num_samples += n
+        res.class_counts += np.bincount(y, minlength=C)
+        res.ncc_correct += int(np.count_nonzero(y_ncc == y))
+        if have_w:
+            logits = G[:, k:] + offset[y]
+            y_net = np.argmax(logits, axis=1)
+            res.net_correct += int(np.count_nonzero(y_net == y))
+            dis = y_net != y_ncc
+            res.disagree += int(np.count_nonzero(dis))
+            res.disagree_per_class += np.bincount(y[dis], minlength=C)
+    return res
