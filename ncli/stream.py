@@ -27,18 +27,39 @@ def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, wha
     return InputError(f"{ff.path}: split {split!r}, row {row}: {what} contain NaN or Inf")
 
 
+class _Segments:
+    """A stable sort of a chunk's labels into contiguous runs, one per class present."""
+
+    def __init__(self, labels: np.ndarray):
+        self.order = np.argsort(labels, kind="stable")
+        self.sorted_labels = labels[self.order]
+        ys = self.sorted_labels
+        self.starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]]) if ys.size else np.zeros(0, np.int64)
+        self.ends = np.r_[self.starts[1:], ys.size].astype(np.int64)
+        self.classes = ys[self.starts]
+
+    def __iter__(self):
+        return zip(self.classes.tolist(), self.starts.tolist(), self.ends.tolist())
+
+    def counts(self, C: int) -> np.ndarray:
+        out = np.zeros(C, dtype=np.int64)
+        out[self.classes] = self.ends - self.starts
+        return out
+
+
 class _Buffers:
     """Reusable float64 work arrays (avoids page-faulting fresh memory every chunk)."""
 
     def __init__(self):
-        self._bufs: dict[str, np.ndarray] = {}
+        self._bufs: dict[tuple, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        buf = self._bufs.get(name)
+    def get(self, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        buf = self._bufs.get(key)
         need = int(np.prod(shape))
         if buf is None or buf.size < need:
-            buf = np.empty(need, dtype=np.float64)
-            self._bufs[name] = buf
+            buf = np.empty(need, dtype=dtype)
+            self._bufs[key] = buf
         return buf[:need].reshape(shape)
 
 
@@ -51,16 +72,13 @@ def class_sums(
     counts = np.zeros(C, dtype=np.int64)
     sums = np.zeros((C, p), dtype=np.float64)
     for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
-        y = ch.labels
-        order = np.argsort(y, kind="stable")
-        ys = y[order]
-        starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-        classes = ys[starts]
-        part = np.add.reduceat(ch.features[order], starts, axis=0, dtype=np.float64)
-        if not np.isfinite(part).all():
+        seg = _Segments(ch.labels)
+        Hs = np.take(ch.features, seg.order, axis=0)
+        for c, a, b in seg:
+            sums[c] += Hs[a:b].sum(axis=0, dtype=np.float64)
+        if not np.isfinite(sums).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
-        sums[classes] += part
-        counts += np.bincount(y, minlength=C)
+        counts += seg.counts(C)
     return counts, sums
 
 
@@ -115,25 +133,32 @@ def evaluate_split(
         res.proj_ss = np.zeros(k, dtype=np.float64)
     bufs = _Buffers()
     for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
-        y = ch.labels
+        # Rows are processed grouped by label (a stable sort of the chunk): centring is then
+        # one broadcast subtraction per class, and per-class sums are contiguous slices.
+        seg = _Segments(ch.labels)
+        y = seg.sorted_labels
         n = y.shape[0]
         D = bufs.get("D", (n, p))
-        np.copyto(D, ch.features)  # float64
-        D -= means[y]
+        Hs = bufs.get("Hs", (n, p), ch.features.dtype)
+        np.take(ch.features, seg.order, axis=0, out=Hs)
+        np.copyto(D, Hs)  # to float64
+        for c, a, b in seg:
+            D[a:b] -= means[c]
         rn = np.einsum("ij,ij->i", D, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         G = D @ B  # (n, k [+ C])
         Z = G[:, :k]
         if accumulate:
-            res.ss_within += np.bincount(y, weights=rn, minlength=C)
+            for c, a, b in seg:
+                res.ss_within[c] += rn[a:b].sum()
             res.proj_ss += np.einsum("ij,ij->j", Z, Z)
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
         E = Z + coords[y]  # h − μ_G in U coordinates
         ncc_score = sq_norm_m[None, :] - 2.0 * (E @ coords.T)
         y_ncc = np.argmin(ncc_score, axis=1)
         res.num_samples += n
-        res.class_counts += np.bincount(y, minlength=C)
+        res.class_counts += seg.counts(C)
         res.ncc_correct += int(np.count_nonzero(y_ncc == y))
         if have_w:
             logits = G[:, k:] + offset[y]
