@@ -123,6 +123,7 @@ def run_case(path: Path, threads: int, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--floor", help=argparse.SUPPRESS)
+    ap.add_argument("--make", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--case", action="append", help="NxPxC, repeatable (default: the issue's two cases)")
     ap.add_argument("--threads", type=int, action="append", help="BLAS threads, repeatable (default: 1 and 2)")
     ap.add_argument("--repeat", type=int, default=2)
@@ -132,6 +133,9 @@ def main() -> None:
     if args.floor:
         floor(args.floor)
         return
+    if args.make:
+        make_file(Path(args.make[0]), *(int(x) for x in args.make[1:]))
+        return
     cases = args.case or (["100000x512x100", "20000x2048x10"] if args.quick else ["1000000x512x100", "50000x2048x10"])
     threads = args.threads or [1, 2]
     DATA.mkdir(exist_ok=True)
@@ -140,7 +144,9 @@ def main() -> None:
     for case in cases:
         n, p, C = (int(x) for x in case.split("x"))
         path = DATA / f"bench_{n}x{p}x{C}.h5"
-        make_file(path, n, p, C)
+        # in a child process, so that this process stays small: a child's peak RSS (wait4)
+        # counts the memory of the parent it was forked from
+        subprocess.run([sys.executable, __file__, "--make", str(path), str(n), str(p), str(C)], check=True)
         for t in threads:
             r = run_case(path, t, args.repeat)
             results.append(r)
