@@ -183,7 +183,14 @@ def collapse_metrics(
     sigma2 = ss_within / counts
     Gm = Mc @ Mc.T
     i, j = _pairs(C)
-    dist2 = np.diag(Gm)[i] + np.diag(Gm)[j] - 2.0 * Gm[i, j]
+    sq = np.diag(Gm)
+    dist2 = sq[i] + sq[j] - 2.0 * Gm[i, j]
+    # The Gram expansion cancels when two means nearly coincide: recompute those pairs as
+    # ‖μ_c − μ_c'‖² directly (C × p work per pair, only where needed).
+    close = np.flatnonzero(dist2 < 1e-3 * (sq[i] + sq[j]))
+    for q in close.tolist():
+        d = means[i[q]] - means[j[q]]
+        dist2[q] = float(d @ d)
     # Two classes with identical means (e.g. dead features at initialisation) make CDNV
     # undefined: reported as null, never as inf/NaN.
     out["cdnv"] = float(np.mean((sigma2[i] + sigma2[j]) / (2.0 * dist2))) if np.all(dist2 > 0) else None

@@ -74,12 +74,38 @@ def class_sums(
     for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
         seg = _Segments(ch.labels)
         Hs = np.take(ch.features, seg.order, axis=0)
-        for c, a, b in seg:
-            sums[c] += Hs[a:b].sum(axis=0, dtype=np.float64)
+        for c, lo, hi in seg:
+            sums[c] += Hs[lo:hi].sum(axis=0, dtype=np.float64)
         if not np.isfinite(sums).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         counts += seg.counts(C)
     return counts, sums
+
+
+TIE_RTOL = 1e-11  # decisions whose top-2 gap is below this (relative) are recomputed directly
+
+
+def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """‖h − μ_c‖² for a few rows, directly (no expansion), in float64."""
+    H = H.astype(np.float64)
+    return np.stack([np.sum((means - h) ** 2, axis=1) for h in H]) if len(H) else np.zeros((0, len(means)))
+
+
+def _settle_near_ties(scores: np.ndarray, best: np.ndarray, scale: np.ndarray, exact) -> None:
+    """Make argmax decisions independent of rounding.
+
+    ``scores`` come from a fast factored formula whose rounding error is a tiny fraction of
+    ``scale`` (per row). Rows whose two best scores are closer than that are recomputed by
+    ``exact(rows)`` (the spec's formula evaluated directly), so exact ties break to the
+    smallest class index as the spec says. ``best`` is updated in place.
+    """
+    if scores.shape[1] < 2 or scores.shape[0] == 0:
+        return
+    top2 = np.partition(scores, scores.shape[1] - 2, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    rows = np.flatnonzero(gap <= TIE_RTOL * scale)
+    if rows.size:
+        best[rows] = np.argmax(exact(rows), axis=1)
 
 
 @dataclass
@@ -123,6 +149,11 @@ def evaluate_split(
     else:
         B = U
         offset = None
+    max_norm_m = float(np.sqrt(sq_norm_m.max()))
+    if have_w:
+        max_norm_w = float(np.linalg.norm(W, axis=1).max())
+        # size of the part of a logit that D Wᵀ does not carry: |μ_y·w_c| + |b_c|
+        h_scale = np.abs(means @ W.T).max(axis=1) + float(np.abs(b).max())
     res = SplitResult(
         class_counts=np.zeros(C, dtype=np.int64),
         disagree_per_class=np.zeros(C, dtype=np.int64),
@@ -142,27 +173,33 @@ def evaluate_split(
         Hs = bufs.get("Hs", (n, p), ch.features.dtype)
         np.take(ch.features, seg.order, axis=0, out=Hs)
         np.copyto(D, Hs)  # to float64
-        for c, a, b in seg:
-            D[a:b] -= means[c]
+        for c, lo, hi in seg:
+            D[lo:hi] -= means[c]
         rn = np.einsum("ij,ij->i", D, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         G = D @ B  # (n, k [+ C])
         Z = G[:, :k]
         if accumulate:
-            for c, a, b in seg:
-                res.ss_within[c] += rn[a:b].sum()
+            for c, lo, hi in seg:
+                res.ss_within[c] += rn[lo:hi].sum()
             res.proj_ss += np.einsum("ij,ij->j", Z, Z)
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
         E = Z + coords[y]  # h − μ_G in U coordinates
         ncc_score = sq_norm_m[None, :] - 2.0 * (E @ coords.T)
         y_ncc = np.argmin(ncc_score, axis=1)
+        scale = np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + max_norm_m**2
+        _settle_near_ties(
+            -ncc_score, y_ncc, scale, lambda rows: -_sq_distances(Hs[rows], means)
+        )
         res.num_samples += n
         res.class_counts += seg.counts(C)
         res.ncc_correct += int(np.count_nonzero(y_ncc == y))
         if have_w:
             logits = G[:, k:] + offset[y]
             y_net = np.argmax(logits, axis=1)
+            scale = np.sqrt(rn) * max_norm_w + h_scale[y]
+            _settle_near_ties(logits, y_net, scale, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
             res.net_correct += int(np.count_nonzero(y_net == y))
             dis = y_net != y_ncc
             res.disagree += int(np.count_nonzero(dis))
