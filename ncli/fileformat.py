@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -322,22 +323,31 @@ class FeatureFile:
             raise ValueError("chunk_rows must be positive")
         C = self.num_classes
         n = info.num_samples
-        for start in range(0, n, rows):
+
+        def read(start: int) -> tuple[int, np.ndarray, np.ndarray]:
             stop = min(n, start + rows)
             try:
-                H = feats[start:stop]
-                y = labels[start:stop]
+                return start, feats[start:stop], labels[start:stop]
             except (OSError, ValueError) as exc:
                 raise self._fail(f"split {split!r}: cannot read rows {start}..{stop - 1} ({exc})") from None
-            y = y.astype(np.int64, copy=False)
-            bad = (y < 0) | (y >= C)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise self._fail(
-                    f"split {split!r}, row {start + i}: label {int(y[i])} outside [0, {C}) "
-                    f"(num_classes = {C})"
-                )
-            yield Chunk(start, H, y)
+
+        # Read the next chunk in a background thread while the caller computes on this one
+        # (HDF5 reads and BLAS overlap; h5py serialises its own calls).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncli-read") as pool:
+            pending = pool.submit(read, 0)
+            while pending is not None:
+                start, H, y = pending.result()
+                nxt = start + rows
+                pending = pool.submit(read, nxt) if nxt < n else None
+                y = y.astype(np.int64, copy=False)
+                bad = (y < 0) | (y >= C)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise self._fail(
+                        f"split {split!r}, row {start + i}: label {int(y[i])} outside [0, {C}) "
+                        f"(num_classes = {C})"
+                    )
+                yield Chunk(start, H, y)
 
 
 def first_nonfinite_row(H: np.ndarray) -> int | None:

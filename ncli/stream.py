@@ -73,7 +73,7 @@ def class_sums(
     sums = np.zeros((C, p), dtype=np.float64)
     for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
         seg = _Segments(ch.labels)
-        Hs = np.take(ch.features, seg.order, axis=0)
+        Hs = ch.features[seg.order]
         for c, lo, hi in seg:
             sums[c] += Hs[lo:hi].sum(axis=0, dtype=np.float64)
         if not np.isfinite(sums).all():
@@ -82,7 +82,7 @@ def class_sums(
     return counts, sums
 
 
-TIE_RTOL = 1e-11  # decisions whose top-2 gap is below this (relative) are recomputed directly
+TIE_RTOL = 1e-11  # float64 NCC scores: rivals within this (relative) are recomputed directly
 
 
 def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -91,19 +91,19 @@ def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
     return np.stack([np.sum((means - h) ** 2, axis=1) for h in H]) if len(H) else np.zeros((0, len(means)))
 
 
-def _settle_near_ties(scores: np.ndarray, best: np.ndarray, scale: np.ndarray, exact) -> None:
+def _settle_near_ties(scores: np.ndarray, best: np.ndarray, tol: np.ndarray, exact) -> None:
     """Make argmax decisions independent of rounding.
 
-    ``scores`` come from a fast factored formula whose rounding error is a tiny fraction of
-    ``scale`` (per row). Rows whose two best scores are closer than that are recomputed by
+    ``scores`` come from a fast formula whose rounding error is below ``tol`` (per row).
+    Rows whose best score has a rival within ``tol`` are recomputed by
     ``exact(rows)`` (the spec's formula evaluated directly), so exact ties break to the
     smallest class index as the spec says. ``best`` is updated in place.
     """
     if scores.shape[1] < 2 or scores.shape[0] == 0:
         return
-    top2 = np.partition(scores, scores.shape[1] - 2, axis=1)[:, -2:]
-    gap = top2[:, 1] - top2[:, 0]
-    rows = np.flatnonzero(gap <= TIE_RTOL * scale)
+    top = scores[np.arange(scores.shape[0]), best]
+    near = scores >= (top - tol)[:, None]  # the best itself, and any close rival
+    rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
     if rows.size:
         best[rows] = np.argmax(exact(rows), axis=1)
 
@@ -143,17 +143,15 @@ def evaluate_split(
     coords = basis.coords  # (C, k): μ_c − μ_G in U coordinates
     sq_norm_m = np.einsum("ck,ck->c", coords, coords)  # ‖μ_c − μ_G‖²
     have_w = W is not None
-    if have_w:
-        B = np.ascontiguousarray(np.concatenate([U, W.T], axis=1))  # (p, k + C)
-        offset = means @ W.T + b  # (C, C): row y = μ_y Wᵀ + b, added back to D Wᵀ
-    else:
-        B = U
-        offset = None
     max_norm_m = float(np.sqrt(sq_norm_m.max()))
+    norm_means = np.linalg.norm(means, axis=1)
     if have_w:
+        # Logits are formed in float32 (the network's own precision, twice the speed), then
+        # every decision that float32 rounding could have changed is recomputed in float64:
+        # |fl32(h·w) − h·w| ≤ (p + 2) u ‖h‖ ‖w‖ (u = 2⁻²⁴, incl. rounding W to float32).
+        W32 = np.ascontiguousarray(W.T, dtype=np.float32)  # (p, C)
         max_norm_w = float(np.linalg.norm(W, axis=1).max())
-        # size of the part of a logit that D Wᵀ does not carry: |μ_y·w_c| + |b_c|
-        h_scale = np.abs(means @ W.T).max(axis=1) + float(np.abs(b).max())
+        logit_rtol = 4.0 * (p + 2) * 2.0**-24
     res = SplitResult(
         class_counts=np.zeros(C, dtype=np.int64),
         disagree_per_class=np.zeros(C, dtype=np.int64),
@@ -170,16 +168,14 @@ def evaluate_split(
         y = seg.sorted_labels
         n = y.shape[0]
         D = bufs.get("D", (n, p))
-        Hs = bufs.get("Hs", (n, p), ch.features.dtype)
-        np.take(ch.features, seg.order, axis=0, out=Hs)
+        Hs = ch.features[seg.order]  # (np.take with out= is several times slower)
         np.copyto(D, Hs)  # to float64
         for c, lo, hi in seg:
             D[lo:hi] -= means[c]
         rn = np.einsum("ij,ij->i", D, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
-        G = D @ B  # (n, k [+ C])
-        Z = G[:, :k]
+        Z = D @ U  # (n, k) float64: coordinates of h − μ_y in span(M)
         if accumulate:
             for c, lo, hi in seg:
                 res.ss_within[c] += rn[lo:hi].sum()
@@ -188,18 +184,16 @@ def evaluate_split(
         E = Z + coords[y]  # h − μ_G in U coordinates
         ncc_score = sq_norm_m[None, :] - 2.0 * (E @ coords.T)
         y_ncc = np.argmin(ncc_score, axis=1)
-        scale = np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + max_norm_m**2
-        _settle_near_ties(
-            -ncc_score, y_ncc, scale, lambda rows: -_sq_distances(Hs[rows], means)
-        )
+        tol = TIE_RTOL * (np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + max_norm_m**2)
+        _settle_near_ties(-ncc_score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
         res.num_samples += n
         res.class_counts += seg.counts(C)
         res.ncc_correct += int(np.count_nonzero(y_ncc == y))
         if have_w:
-            logits = G[:, k:] + offset[y]
+            logits = (Hs.astype(np.float32, copy=False) @ W32) + b
             y_net = np.argmax(logits, axis=1)
-            scale = np.sqrt(rn) * max_norm_w + h_scale[y]
-            _settle_near_ties(logits, y_net, scale, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
+            tol = logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w
+            _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
             res.net_correct += int(np.count_nonzero(y_net == y))
             dis = y_net != y_ncc
             res.disagree += int(np.count_nonzero(dis))

@@ -1,0 +1,43 @@
+"""NC4 decisions are exact: fast float32/factored scores never change a decision that the
+spec's formula, evaluated directly in float64, would make."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ncli.fileformat import write_features
+from ncli.measure import measure_file
+
+
+def test_near_tied_logits_match_float64(tmp_path, rng):
+    # Two classifier rows differing by 1e-9 relative: float32 logits cannot tell them apart,
+    # float64 can. ncli must reproduce the float64 decisions exactly.
+    C, p, n = 3, 64, 4000
+    means = rng.standard_normal((C, p)) * 3
+    y = np.arange(n) % C
+    H = (means[y] + rng.standard_normal((n, p))).astype(np.float32)
+    W = rng.standard_normal((C, p))
+    W[1] = W[0] + 1e-9 * rng.standard_normal(p)
+    b = np.zeros(C)
+    path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W, bias=b)
+    rec = measure_file(path, per_class=True, chunk_rows=333)
+    logits = H.astype(np.float64) @ W.T + b
+    y_net = np.argmax(logits, axis=1)
+    assert rec["splits"]["train"]["accuracy"] == np.count_nonzero(y_net == y) / n
+    mus = np.stack([H[y == c].astype(np.float64).mean(0) for c in range(C)])
+    d = ((H.astype(np.float64)[:, None, :] - mus[None]) ** 2).sum(-1)
+    y_ncc = np.argmin(d, axis=1)
+    assert rec["splits"]["train"]["ncc_disagreement"] == np.count_nonzero(y_net != y_ncc) / n
+    # float32 alone would have decided differently on some rows (the test is not vacuous)
+    l32 = (H @ W.astype(np.float32).T).astype(np.float64)
+    assert np.any(np.argmax(l32, axis=1) != y_net)
+
+
+def test_exact_logit_tie_breaks_to_smallest_index(tmp_path):
+    # w_0 == w_1 exactly: every sample ties between classes 0 and 1 -> class 0.
+    H = np.array([[1.0, 0.0], [2.0, 0.5], [0.0, 3.0], [0.1, 2.5]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1])
+    W = np.array([[1.0, 1.0], [1.0, 1.0]])
+    path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=2, weight=W)
+    rec = measure_file(path)
+    assert rec["splits"]["train"]["accuracy"] == 0.5
