@@ -144,6 +144,8 @@ def evaluate_split(
     sq_norm_m = np.einsum("ck,ck->c", coords, coords)  # ‖μ_c − μ_G‖²
     have_w = W is not None
     max_norm_m = float(np.sqrt(sq_norm_m.max()))
+    coords32 = np.ascontiguousarray(coords.T, dtype=np.float32)  # (k, C)
+    ncc_rtol = 2.0 * 4.0 * (k + 2) * 2.0**-24  # |fl32(2⟨e, m_c⟩) − 2⟨e, m_c⟩| ≤ 2 (k+2) u ‖e‖ ‖m_c‖, ×4 margin
     norm_means = np.linalg.norm(means, axis=1)
     if have_w:
         # Logits are formed in float32 (the network's own precision, twice the speed), then
@@ -169,9 +171,8 @@ def evaluate_split(
         n = y.shape[0]
         D = bufs.get("D", (n, p))
         Hs = ch.features[seg.order]  # (np.take with out= is several times slower)
-        np.copyto(D, Hs)  # to float64
         for c, lo, hi in seg:
-            D[lo:hi] -= means[c]
+            np.subtract(Hs[lo:hi], means[c], out=D[lo:hi])  # float64, cast and centre in one go
         rn = np.einsum("ij,ij->i", D, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
@@ -181,10 +182,11 @@ def evaluate_split(
                 res.ss_within[c] += rn[lo:hi].sum()
             res.proj_ss += np.einsum("ij,ij->j", Z, Z)
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
+        # (scores in float32; rivals within the float32 error bound are decided exactly)
         E = Z + coords[y]  # h − μ_G in U coordinates
-        ncc_score = sq_norm_m[None, :] - 2.0 * (E @ coords.T)
+        ncc_score = sq_norm_m[None, :] - 2.0 * (E.astype(np.float32) @ coords32)
         y_ncc = np.argmin(ncc_score, axis=1)
-        tol = TIE_RTOL * (np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + max_norm_m**2)
+        tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + TIE_RTOL * max_norm_m**2
         _settle_near_ties(-ncc_score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
         res.num_samples += n
         res.class_counts += seg.counts(C)
