@@ -1,12 +1,16 @@
 """Streaming accumulation of the sufficient statistics over a feature file (two passes).
 
 Pass 1 (train split): per-class counts and float64 sums          → class means μ_c.
-Pass 2 (every split): D = h − μ_y in float64, then one GEMM  D · [U | Wᵀ]  per chunk:
-  - train only: Σ‖D‖² per class (σ_c², Tr Σ_W) and Σ (Dᵀu_j)² (Σ_W projected on span(M));
-  - all splits: network decision argmax(hWᵀ + b) and NCC decision argmin ‖h − μ_c‖,
-    both formed from the same GEMM (the NCC distances live in the k = min(p, C)
-    coordinates of the centred means, so no N × C × p work).
-Memory is O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
+Pass 2 (every split): D = h − μ_y in float64 and Z = D·U (U: orthonormal basis of the
+span of the centred means, k = min(p, C) columns), one float64 GEMM per block:
+  - train only: Σ‖D‖² per class (σ_c², Tr Σ_W) and Σ Z² (Σ_W projected on span(M));
+  - all splits: NCC decision argmin ‖h − μ_c‖ from Z (the distances to all class means
+    live in those k coordinates: no N × C × p work) and the network decision
+    argmax(hWᵀ + b) from a float32 GEMM. Decisions that float32 rounding could change are
+    recomputed directly in float64, so every decision equals the spec's formula.
+Rows are processed in fixed, aligned blocks (``BLOCK_ROWS``), grouped by label within a
+block, so results are bit-identical whatever the read size. Memory is
+O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 (:mod:`ncli.metrics`) and no CLI.
 """
 
@@ -17,8 +21,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ncli.errors import InputError
-from ncli.fileformat import FeatureFile
+from ncli.fileformat import Chunk, FeatureFile
 from ncli.metrics import BetweenBasis
+
+
+BLOCK_ROWS = 4096  # rows per computational block (fixes the float64 summation order)
+
+
+def blocks(ff: FeatureFile, split: str, chunk_rows: int | None = None, layer: str | None = None):
+    """Yield the rows of a split in blocks of ``BLOCK_ROWS`` aligned at multiples of it.
+
+    Reads are ``chunk_rows`` rounded up to a whole number of blocks, and every accumulation
+    adds one block's partial sums at a time, in row order: the float64 results therefore
+    depend on the file only — bit-identical whatever the read size (``--chunk-rows``).
+    """
+    rows = int(chunk_rows or ff.default_chunk_rows(split, layer))
+    rows = -(-rows // BLOCK_ROWS) * BLOCK_ROWS
+    for ch in ff.iter_chunks(split, rows, layer=layer):
+        for off in range(0, ch.labels.shape[0], BLOCK_ROWS):
+            sl = slice(off, off + BLOCK_ROWS)
+            yield Chunk(ch.start + off, ch.features[sl], ch.labels[sl])
 
 
 def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, what: str = "features") -> InputError:
@@ -71,7 +93,7 @@ def class_sums(
     p = ff.feature_dim if layer is None else ff.layer_info(split, layer)[1]
     counts = np.zeros(C, dtype=np.int64)
     sums = np.zeros((C, p), dtype=np.float64)
-    for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
+    for ch in blocks(ff, split, chunk_rows, layer):
         seg = _Segments(ch.labels)
         Hs = ch.features[seg.order]
         for c, lo, hi in seg:
@@ -163,7 +185,7 @@ def evaluate_split(
         res.ss_within = np.zeros(C, dtype=np.float64)
         res.proj_ss = np.zeros(k, dtype=np.float64)
     bufs = _Buffers()
-    for ch in ff.iter_chunks(split, chunk_rows, layer=layer):
+    for ch in blocks(ff, split, chunk_rows, layer):
         # Rows are processed grouped by label (a stable sort of the chunk): centring is then
         # one broadcast subtraction per class, and per-class sums are contiguous slices.
         seg = _Segments(ch.labels)
