@@ -97,7 +97,7 @@ def run_case(path: Path, threads: int, repeat: int) -> dict:
     for v in THREAD_VARS:
         env[v] = str(threads)
     floor_cmd = [sys.executable, __file__, "--floor", str(path)]
-    ncli_cmd = [sys.executable, "-m", "ncli", "measure", str(path), "--json"]
+    ncli_cmd = [sys.executable, "-m", "ncli", "measure", str(path), "--json", "--threads", str(threads)]
     f_runs, n_runs = [], []
     for _ in range(repeat):
         f_runs.append(timed(floor_cmd, env))

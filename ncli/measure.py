@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ncli import metrics as M
 from ncli.errors import InputError
@@ -27,6 +28,20 @@ def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
     return layers
 
 
+def resolve_threads(threads: int | None) -> int:
+    """Threads to compute with: as given, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
+    MKL_NUM_THREADS when set, else the number of CPUs."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        return int(threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
@@ -39,6 +54,7 @@ def measure_file(
     per_class: bool = False,
     layer: str | None = None,
     chunk_rows: int | None = None,
+    threads: int | None = None,
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
 
@@ -46,6 +62,10 @@ def measure_file(
     file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
     of the penultimate features (classifier metrics are then not available).
     """
+    threads = resolve_threads(threads)
+    # With two or more threads the second pass runs as a two-stage pipeline; each stage's
+    # BLAS calls get half the threads (two concurrent multi-threaded BLAS calls thrash).
+    blas_threads = max(1, threads // 2) if threads >= 2 else 1
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
     with FeatureFile(path) as ff:
@@ -76,9 +96,19 @@ def measure_file(
         order = [split] + [s for s in ff.splits if s != split]
         results = {}
         for s in order:
-            results[s] = evaluate_split(
-                ff, s, means=means, basis=basis, W=W, b=b, accumulate=(s == split), chunk_rows=chunk_rows, layer=layer
-            )
+            with threadpool_limits(limits=blas_threads, user_api="blas"):
+                results[s] = evaluate_split(
+                    ff,
+                    s,
+                    means=means,
+                    basis=basis,
+                    W=W,
+                    b=b,
+                    accumulate=(s == split),
+                    chunk_rows=chunk_rows,
+                    layer=layer,
+                    pipeline=threads >= 2,
+                )
         train = results[split]
         metrics = M.collapse_metrics(
             counts=counts, means=means, mu_g=mu_g, basis=basis, ss_within=train.ss_within, proj_ss=train.proj_ss, W=W

@@ -85,22 +85,24 @@ def _title(rec: dict) -> str:
 
 def metrics_table(records: list[dict]) -> Table:
     single = len(records) == 1
-    table = Table(title=_title(records[0]) if single else None, title_justify="left")
+    table = Table()
     table.add_column("metric", no_wrap=True)
     table.add_column("meaning", no_wrap=True, style="dim")
     for rec in records:
-        head = "value" if single else _title(rec)
+        head = "value" if single else _title(rec).replace("  ", "\n")
         table.add_column(head, justify="right", no_wrap=True)
     for key in records[0]["metrics"]:
         table.add_row(key, CAPTIONS.get(key, ""), *[fmt(r["metrics"].get(key)) for r in records])
     return table
 
 
-def splits_table(rec: dict, with_file: bool = False) -> Table:
+def splits_heading(rec: dict, with_file: bool = False) -> str:
     title = f"splits (class statistics from {rec.get('train_split', 'train')!r})"
-    if with_file:
-        title = f"{_title(rec)}: {title}"
-    table = Table(title=title, title_justify="left")
+    return f"{_title(rec)}: {title}" if with_file else title
+
+
+def splits_table(rec: dict) -> Table:
+    table = Table()
     for col in ("split", "samples", "accuracy", "ncc_accuracy", "ncc_disagreement"):
         table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
     for name, s in rec["splits"].items():
@@ -112,7 +114,7 @@ def splits_table(rec: dict, with_file: bool = False) -> Table:
 
 def per_class_table(rec: dict) -> Table:
     splits = list(rec["splits"])
-    table = Table(title="per class (train statistics)", title_justify="left")
+    table = Table()
     cols = ["class", "name", "N_c", "σ_c²", "‖μ_c−μ_G‖", "‖w_c‖", "cos(w_c, μ_c−μ_G)"]
     cols += [f"NCC disagr. {s}" for s in splits]
     for col in cols:
@@ -132,20 +134,20 @@ def per_class_table(rec: dict) -> Table:
 
 
 def print_records(records: list[dict], *, per_class: bool = False, file=None) -> None:
+    """Tables of one or more records. Headings are printed outside the tables so that they
+    are never wrapped to the table's width."""
     console = make_console(file)
     if not records:
         return
-    if len(records) > 1:
-        console.print(metrics_table(records))
-        for rec in records:
-            console.print(splits_table(rec, with_file=True))
-            if per_class and "per_class" in rec:
-                console.print(per_class_table(rec))
-        return
-    rec = records[0]
-    console.print(metrics_table([rec]))
-    console.print(splits_table(rec))
-    if per_class and "per_class" in rec:
-        console.print(per_class_table(rec))
-    if not rec.get("has_classifier", True):
-        console.print("— : not available (the file stores no classifier)", style="dim")
+    several = len(records) > 1
+    if not several:
+        console.print(_title(records[0]), highlight=False)
+    console.print(metrics_table(records))
+    for rec in records:
+        console.print(splits_heading(rec, with_file=several), highlight=False)
+        console.print(splits_table(rec))
+        if per_class and "per_class" in rec:
+            console.print(f"per class (train statistics){': ' + rec['file'] if several else ''}", highlight=False)
+            console.print(per_class_table(rec))
+    if any(not rec.get("has_classifier", True) for rec in records):
+        console.print("— : not available (the file stores no classifier)", style="dim", highlight=False)

@@ -16,6 +16,7 @@ O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,35 @@ def blocks(ff: FeatureFile, split: str, chunk_rows: int | None = None, layer: st
         for off in range(0, ch.labels.shape[0], BLOCK_ROWS):
             sl = slice(off, off + BLOCK_ROWS)
             yield Chunk(ch.start + off, ch.features[sl], ch.labels[sl])
+
+
+_DONE = object()
+
+
+def _pipelined(items, fn):
+    """Yield ``fn(item, slot)`` for each item, in order, computing the next one in a worker
+    thread while the caller works on the current one (numpy and BLAS release the GIL).
+
+    ``slot`` alternates 0, 1: ``fn`` may write into a buffer per slot, since the item that
+    used the same slot has been fully consumed by the time it is reused. The same operations
+    run in the same order as without the thread, so results are bit-identical.
+    """
+    it = iter(items)
+
+    def step(slot: int):
+        item = next(it, _DONE)
+        return _DONE if item is _DONE else fn(item, slot)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncli-prep") as pool:
+        slot = 0
+        pending = pool.submit(step, slot)
+        while True:
+            out = pending.result()
+            if out is _DONE:
+                return
+            slot ^= 1
+            pending = pool.submit(step, slot)
+            yield out
 
 
 def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, what: str = "features") -> InputError:
@@ -116,16 +146,17 @@ def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
 def _settle_near_ties(scores: np.ndarray, best: np.ndarray, tol: np.ndarray, exact) -> None:
     """Make argmax decisions independent of rounding.
 
-    ``scores`` come from a fast formula whose rounding error is below ``tol`` (per row).
+    ``scores`` (overwritten) come from a fast formula whose rounding error is below ``tol``.
     Rows whose best score has a rival within ``tol`` are recomputed by
     ``exact(rows)`` (the spec's formula evaluated directly), so exact ties break to the
     smallest class index as the spec says. ``best`` is updated in place.
     """
     if scores.shape[1] < 2 or scores.shape[0] == 0:
         return
-    top = scores[np.arange(scores.shape[0]), best]
-    near = scores >= (top - tol)[:, None]  # the best itself, and any close rival
-    rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+    ar = np.arange(scores.shape[0])
+    top = scores[ar, best]
+    scores[ar, best] = -np.inf  # (scores are scratch: the runner-up is the max of the rest)
+    rows = np.flatnonzero(top - scores.max(axis=1) <= tol)
     if rows.size:
         best[rows] = np.argmax(exact(rows), axis=1)
 
@@ -157,8 +188,10 @@ def evaluate_split(
     accumulate: bool,
     chunk_rows: int | None = None,
     layer: str | None = None,
+    pipeline: bool = False,
 ) -> SplitResult:
-    """Pass 2 over one split (see module docstring)."""
+    """Pass 2 over one split (see module docstring). ``pipeline`` prepares the next block
+    in a second thread while this one is finished (same operations, same results)."""
     C, p = means.shape
     U = basis.U  # (p, k)
     k = U.shape[1]
@@ -185,19 +218,32 @@ def evaluate_split(
         res.ss_within = np.zeros(C, dtype=np.float64)
         res.proj_ss = np.zeros(k, dtype=np.float64)
     bufs = _Buffers()
-    for ch in blocks(ff, split, chunk_rows, layer):
-        # Rows are processed grouped by label (a stable sort of the chunk): centring is then
+
+    def prepare(ch: Chunk, slot: int):
+        """Runs one block ahead in a worker thread: sort, centre, norms, network decisions."""
+        # Rows are processed grouped by label (a stable sort of the block): centring is then
         # one broadcast subtraction per class, and per-class sums are contiguous slices.
         seg = _Segments(ch.labels)
         y = seg.sorted_labels
-        n = y.shape[0]
-        D = bufs.get("D", (n, p))
         Hs = ch.features[seg.order]  # (np.take with out= is several times slower)
+        D = bufs.get(f"D{slot}", Hs.shape)  # two buffers: one being prepared, one in use
+        np.copyto(D, Hs)  # to float64 (a plain cast, then pure float64 subtractions: fastest)
         for c, lo, hi in seg:
-            np.subtract(Hs[lo:hi], means[c], out=D[lo:hi])  # float64, cast and centre in one go
+            D[lo:hi] -= means[c]
         rn = np.einsum("ij,ij->i", D, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
+        y_net = None
+        if have_w:
+            logits = (Hs.astype(np.float32, copy=False) @ W32) + b
+            y_net = np.argmax(logits, axis=1)
+            tol = logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w
+            _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
+        return seg, y, Hs, D, rn, y_net
+
+    source = blocks(ff, split, chunk_rows, layer)
+    prepared = _pipelined(source, prepare) if pipeline else (prepare(ch, 0) for ch in source)
+    for seg, y, Hs, D, rn, y_net in prepared:
         Z = D @ U  # (n, k) float64: coordinates of h − μ_y in span(M)
         if accumulate:
             for c, lo, hi in seg:
@@ -210,14 +256,10 @@ def evaluate_split(
         y_ncc = np.argmin(ncc_score, axis=1)
         tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + TIE_RTOL * max_norm_m**2
         _settle_near_ties(-ncc_score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
-        res.num_samples += n
+        res.num_samples += y.shape[0]
         res.class_counts += seg.counts(C)
         res.ncc_correct += int(np.count_nonzero(y_ncc == y))
         if have_w:
-            logits = (Hs.astype(np.float32, copy=False) @ W32) + b
-            y_net = np.argmax(logits, axis=1)
-            tol = logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w
-            _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
             res.net_correct += int(np.count_nonzero(y_net == y))
             dis = y_net != y_ncc
             res.disagree += int(np.count_nonzero(dis))

@@ -50,6 +50,8 @@ def test_bit_identical_across_runs_read_sizes_and_threads(multi_block_file):
         _run(multi_block_file, 1, "--chunk-rows", "1"),
         _run(multi_block_file, 2, "--chunk-rows", "12288"),
         _run(multi_block_file, 1, "--chunk-rows", "100000"),
+        _run(multi_block_file, 1, "--threads", "2"),  # pipelined second pass
+        _run(multi_block_file, 2, "--threads", "4"),
     }
     assert len(outs) == 1
 
