@@ -1,0 +1,134 @@
+"""``ncli compare``: the typer command (registered in :mod:`ncli.cli`). Thin: options in,
+:mod:`ncli.compare` and :mod:`ncli.plot` do the work."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ncli.errors import UsageError
+
+
+class Order(str, Enum):
+    epoch = "epoch"
+    given = "given"
+
+
+class By(str, Enum):
+    run = "run"
+    layer = "layer"
+
+
+class GlobalMeanChoice(str, Enum):
+    klass = "class"
+    sample = "sample"
+
+
+def compare(
+    inputs: Optional[List[str]] = typer.Argument(
+        None,
+        metavar="INPUT",
+        help="Feature files (measured here), files of `ncli measure --json` lines, or - for those lines on stdin.",
+        show_default=False,
+    ),
+    json_out: bool = typer.Option(False, "--json", help='Print one JSON object {"schema": "ncli.compare/1", "runs": [...], ...}.'),
+    csv_out: bool = typer.Option(False, "--csv", help="Print tidy CSV rows: run, epoch, step, layer, split, metric, value."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'ncli\\[plot]')."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot file."),
+    order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),
+    by: By = typer.Option(By.run, "--by", help="run: a column per run; layer: one file's stored layers side by side."),
+    split: Optional[str] = typer.Option(
+        None, "--split", "-s", help="For feature files: split whose class statistics define the metrics (default: train)."
+    ),
+    global_mean: Optional[GlobalMeanChoice] = typer.Option(
+        None, "--global-mean", help="For feature files: mu_G = mean of class means ('class', default) or of all samples ('sample')."
+    ),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1, help="Rows read per chunk when measuring feature files."),
+) -> None:
+    """Compare runs: metric trends across checkpoints, as a table, JSON, CSV or the paper's figure.
+
+    Runs are ordered by the epoch stored in each file (then step, then the order given). The table has a row per metric, a column per run and a trend column (last/first ratio, with a sparkline on terminals). Records given as JSON lines are used as they are, not measured again.
+
+    Examples:
+
+      ncli compare runs/*.h5 --plot collapse.png
+
+      ncli measure runs/*.h5 --json | ncli compare - --csv > trends.csv
+
+      ncli compare run.h5 --by layer
+    """
+    from ncli import compare as C
+
+    if json_out and csv_out:
+        raise UsageError("--json and --csv exclude each other; pick one")
+    if not inputs:
+        raise UsageError("compare needs at least one INPUT (feature files, `ncli measure --json` lines, or - for stdin)")
+    plot_path = None
+    if plot is not None:
+        plot_path = C.check_plot_path(plot, force)
+        from ncli.plot import require_matplotlib
+
+        require_matplotlib()  # fail before measuring anything
+
+    opts = C.LoadOptions(
+        split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value, chunk_rows=chunk_rows
+    )
+    runs = C.order_runs(C.load_runs(inputs, opts), order.value)
+    _note_mixed(runs)
+
+    if by is By.layer:
+        groups = C.group_by_file(runs, order.value)
+        ordered = [r for g in groups for r in g.runs]
+    else:
+        groups = None
+        ordered = runs
+    records = [r.record for r in ordered]
+
+    if json_out:
+        sys.stdout.write(C.compare_json(C.compare_object(ordered, by=by.value, order=order.value)) + "\n")
+    elif csv_out:
+        sys.stdout.write(C.compare_csv(records))
+    else:
+        from rich.text import Text
+
+        from ncli.report import make_console
+
+        console = make_console()
+        spark = console.is_terminal
+        tables = [[r.record for r in g.runs] for g in groups] if groups is not None else [records]
+        for recs in tables:
+            heading = C.table_heading(recs, by.value)
+            if heading:
+                console.print(Text(heading))
+            for table in C.compare_tables(recs, by=by.value, sparklines=spark, width=console.width if spark else None):
+                console.print(table)
+    sys.stdout.flush()
+
+    if plot_path is not None:
+        from ncli import plot as P
+
+        if groups is not None:
+            fig = P.build_layer_figure([(_group_label(g), [r.record for r in g.runs]) for g in groups])
+        else:
+            fig = P.build_figure(records)
+        P.save_figure(fig, plot_path, force=force)
+        typer.echo(f"ncli: wrote {plot_path}", err=True)
+
+
+def _group_label(g) -> str:
+    rec = g.runs[0].record
+    return f"epoch {rec['epoch']}" if rec.get("epoch") is not None else g.file
+
+
+def _note_mixed(runs) -> None:
+    """Runs measured differently are still compared, with a note on stderr."""
+    for key in ("global_mean", "train_split"):
+        seen = sorted({str(r.record.get(key)) for r in runs if r.record.get(key) is not None})
+        if len(seen) > 1:
+            typer.echo(f"ncli: note: the runs differ in {key} ({', '.join(seen)})", err=True)

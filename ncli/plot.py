@@ -1,0 +1,310 @@
+"""The paper's figures from measure records (``ncli compare --plot``).
+
+matplotlib is the ``[plot]`` extra: it is imported lazily, only here, and its absence is one
+clear error (:func:`require_matplotlib`). Figures are built on ``matplotlib.figure.Figure``
+with the Agg canvas (no pyplot, no global state, no display needed); :func:`build_figure`
+returns the figure so that callers and tests can inspect it, :func:`save_figure` writes it.
+
+Panels against epoch (Papyan, Han & Donoho, PNAS 2020): train/test accuracy; NC1 (Fig. 6,
+log scale); equinorm (Fig. 2); equiangularity (Fig. 3); max-angle (Fig. 4); self-duality
+(Fig. 5); NCC disagreement (Fig. 7). Class means are always drawn in one colour and
+classifiers in another, the same in every panel; splits differ by line style.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from ncli.errors import EnvironmentProblem, RefusedError
+
+MEANS_COLOR = "tab:blue"  # the paper's colour for class means
+CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
+NEUTRAL_COLOR = "black"  # series that are neither (NC1, self-duality, accuracy, NCC)
+SPLIT_STYLES = {"train": "-", "test": "--"}
+OTHER_SPLIT_STYLES = (":", "-.")
+LOG_X_SPAN = 100  # log x-axis when max/min epoch reaches this (epochs span two decades)
+
+INSTALL_HINT = "pip install 'ncli[plot]'"
+
+# panel titles (tests and the README refer to them)
+TITLE_ACCURACY = "Accuracy (train / test)"
+TITLE_NC1 = "Fig. 6  NC1: Tr(Σ_W Σ_B⁺)/C"
+TITLE_EQUINORM = "Fig. 2  Equinorm: std/mean of norms"
+TITLE_EQUIANGULAR = "Fig. 3  Equiangularity: std of cosines"
+TITLE_MAXANGLE = "Fig. 4  Max-angle: mean |cos + 1/(C−1)|"
+TITLE_SELF_DUALITY = "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²"
+TITLE_NCC = "Fig. 7  NCC disagreement: net ≠ nearest class centre"
+EPOCH_TITLES = (
+    TITLE_ACCURACY,
+    TITLE_NC1,
+    TITLE_EQUINORM,
+    TITLE_EQUIANGULAR,
+    TITLE_MAXANGLE,
+    TITLE_SELF_DUALITY,
+    TITLE_NCC,
+)
+
+LAYER_TITLES = (
+    "NC1: Tr(Σ_W Σ_B⁺)/C",
+    "Trace ratio: Tr(Σ_W)/Tr(Σ_B)",
+    "CDNV",
+    "Equinorm of class means",
+    "Equiangularity of class means",
+    "Max-angle of class means",
+    "NCC accuracy",
+)
+
+
+def require_matplotlib():
+    """Import matplotlib or fail with one line that says how to install it."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(
+            f"--plot needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
+    return matplotlib
+
+
+def _new_figure(nrows: int, ncols: int, size: tuple[float, float]):
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    return fig, axes
+
+
+def _num(v) -> float:
+    if v is None or isinstance(v, bool):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _split_style(name: str, order: list[str]) -> str:
+    if name in SPLIT_STYLES:
+        return SPLIT_STYLES[name]
+    others = [s for s in order if s not in SPLIT_STYLES]
+    return OTHER_SPLIT_STYLES[others.index(name) % len(OTHER_SPLIT_STYLES)]
+
+
+def _splits(records: list[dict]) -> list[str]:
+    names: list[str] = []
+    for rec in records:
+        for s in rec.get("splits", {}):
+            if s not in names:
+                names.append(s)
+    # train first, then test, then the rest as met
+    return sorted(names, key=lambda s: (s != "train", s != "test", names.index(s)))
+
+
+def x_axis(records: list[dict]) -> tuple[list[float], str, str]:
+    """(x values, axis label, scale). Epochs when every run stores one, else run index."""
+    epochs = [r.get("epoch") for r in records]
+    if not records or any(e is None for e in epochs):
+        return list(range(len(records))), "run (in order; epoch not stored)", "linear"
+    xs = [float(e) for e in epochs]
+    scale = "linear"
+    lo, hi = min(xs), max(xs)
+    if lo > 0 and hi / lo >= LOG_X_SPAN:
+        scale = "log"
+    elif lo == 0:
+        pos = [x for x in xs if x > 0]
+        if pos and max(pos) / min(pos) >= LOG_X_SPAN:
+            scale = "symlog"
+    return xs, "epoch", scale
+
+
+def _set_xscale(ax, scale: str) -> None:
+    if scale == "symlog":
+        ax.set_xscale("symlog", linthresh=1)
+    elif scale == "log":
+        ax.set_xscale("log")
+
+
+def _plot(ax, xs, ys, **kw) -> bool:
+    vals = [_num(v) for v in ys]
+    if all(v != v for v in vals):  # all NaN: nothing to draw
+        return False
+    ax.plot(xs, vals, marker="o", markersize=3, linewidth=1.5, **kw)
+    return True
+
+
+def _not_available(ax, why: str = "not available") -> None:
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="0.5")
+
+
+def _metric(records, key):
+    return [r.get("metrics", {}).get(key) for r in records]
+
+
+def _split_values(records, split, key):
+    return [r.get("splits", {}).get(split, {}).get(key) for r in records]
+
+
+def build_figure(records: list[dict]):
+    """One figure, the paper's panels against epoch (run index when epochs are missing).
+
+    ``records`` are measure records in the order to draw (``ncli compare`` orders them by
+    epoch). Returns a ``matplotlib.figure.Figure`` with exactly 7 axes, titled
+    :data:`EPOCH_TITLES`; the legend for means/classifiers and splits is a figure legend.
+    """
+    if not records:
+        raise ValueError("build_figure needs at least one record")
+    fig, axes = _new_figure(2, 4, (16, 7.5))
+    fig.delaxes(axes[-1])  # 7 panels; the 8th slot holds the legend
+    axes = axes[:7]
+    xs, xlabel, scale = x_axis(records)
+    splits = _splits(records)
+    ax_acc, ax_nc1, ax_norm, ax_ang, ax_max, ax_sd, ax_ncc = axes
+
+    # accuracy per split
+    drawn = False
+    for s in splits:
+        drawn |= _plot(ax_acc, xs, _split_values(records, s, "accuracy"), color=NEUTRAL_COLOR,
+                       linestyle=_split_style(s, splits), label=s)
+    if drawn:
+        ax_acc.set_ylim(-0.02, 1.02)
+    else:
+        _not_available(ax_acc, "not available (no classifier)")
+    ax_acc.set_ylabel("accuracy")
+
+    # NC1, log scale
+    if not _plot(ax_nc1, xs, _metric(records, "nc1"), color=NEUTRAL_COLOR):
+        _not_available(ax_nc1)
+    ax_nc1.set_yscale("log")
+    ax_nc1.set_ylabel("Tr(Σ_W Σ_B⁺)/C (log)")
+
+    # NC2 panels: means and classifiers
+    for ax, stem, ylabel in (
+        (ax_norm, "equinorm", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖"),
+        (ax_ang, "equiangular", "std of cos over pairs"),
+        (ax_max, "maxangle", "mean |cos + 1/(C−1)|"),
+    ):
+        a = _plot(ax, xs, _metric(records, f"{stem}_means"), color=MEANS_COLOR, label="class means")
+        b = _plot(ax, xs, _metric(records, f"{stem}_classifiers"), color=CLASSIFIERS_COLOR, label="classifiers")
+        if not (a or b):
+            _not_available(ax, "not available (C = 2: one pair)" if stem == "equiangular" else "not available")
+        ax.set_ylabel(ylabel)
+
+    # NC3
+    if not _plot(ax_sd, xs, _metric(records, "self_duality"), color=NEUTRAL_COLOR):
+        _not_available(ax_sd, "not available (no classifier)")
+    ax_sd.set_ylabel("‖W/‖W‖_F − M/‖M‖_F‖²_F")
+
+    # NC4 per split
+    drawn = False
+    for s in splits:
+        drawn |= _plot(ax_ncc, xs, _split_values(records, s, "ncc_disagreement"), color=NEUTRAL_COLOR,
+                       linestyle=_split_style(s, splits), label=s)
+    if not drawn:
+        _not_available(ax_ncc, "not available (no classifier)")
+    ax_ncc.set_ylabel("fraction of samples")
+
+    for ax, title in zip(axes, EPOCH_TITLES):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        _set_xscale(ax, scale)
+        ax.grid(True, which="major", alpha=0.3)
+
+    # one legend for the whole figure, in the free 8th slot
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=MEANS_COLOR, marker="o", markersize=3, label="class means (μ_c − μ_G)"),
+        Line2D([], [], color=CLASSIFIERS_COLOR, marker="o", markersize=3, label="classifiers (w_c)"),
+    ]
+    handles += [
+        Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{s} split") for s in splits
+    ]
+    fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.12), frameon=False, fontsize=10)
+    fig.suptitle(
+        f"Neural Collapse over {len(records)} run{'s' if len(records) != 1 else ''} "
+        "(Papyan, Han & Donoho, PNAS 2020)",
+        fontsize=12,
+    )
+    return fig
+
+
+def build_layer_figure(groups: list[tuple[str, list[dict]]]):
+    """Classifier-free metrics against layer depth, one line per file (``--by layer``).
+
+    ``groups`` is a list of (label, records of that file's layers in depth order). Returns a
+    Figure with 7 axes titled :data:`LAYER_TITLES`.
+    """
+    if not groups:
+        raise ValueError("build_layer_figure needs at least one group")
+    require_matplotlib()
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    fig, axes = _new_figure(2, 4, (16, 7.5))
+    fig.delaxes(axes[-1])
+    axes = axes[:7]
+    cmap = colormaps["viridis"]
+    n = len(groups)
+    colors = [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
+    keys = ("nc1", "nc1_trace_ratio", "cdnv", "equinorm_means", "equiangular_means", "maxangle_means")
+    all_records = [r for _, recs in groups for r in recs]
+    splits = _splits(all_records)
+    names: list[str] = []
+    for _, recs in groups:
+        for r in recs:
+            name = r.get("layer") or "features"
+            if name not in names:
+                names.append(name)
+    for (label, recs), color in zip(groups, colors):
+        xs = [names.index(r.get("layer") or "features") for r in recs]
+        for ax, key in zip(axes, keys):
+            _plot(ax, xs, _metric(recs, key), color=color)
+        for s in splits:
+            _plot(axes[6], xs, _split_values(recs, s, "ncc_accuracy"), color=color, linestyle=_split_style(s, splits))
+    for i, (ax, title) in enumerate(zip(axes, LAYER_TITLES)):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer (input → output)")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        if i < 3:
+            ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[6].set_ylim(-0.02, 1.02)
+    handles = [Line2D([], [], color=c, marker="o", markersize=3, label=lab) for (lab, _), c in zip(groups, colors)]
+    handles += [Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{s} split") for s in splits]
+    fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.08), frameon=False, fontsize=9)
+    fig.suptitle("Progressive collapse across layers", fontsize=12)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int = 150) -> Path:
+    """Write ``fig`` (format from the suffix: png, pdf, svg) via a temporary file renamed into
+    place, so a reader never sees half a figure; an existing file is kept unless ``force``."""
+    out = Path(path)
+    fmt = out.suffix.lower().lstrip(".")
+    tmp = out.with_name(f".ncli-tmp-{os.getpid()}-{secrets.token_hex(4)}-{out.name}")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+        if not force and out.exists():
+            raise RefusedError(f"{out}: already exists; pass --force to replace it")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _metadata(fmt: str) -> dict:
+    """No timestamps or versions in the file, so the same records give the same bytes."""
+    if fmt == "png":
+        return {"Software": None}
+    if fmt == "pdf":
+        return {"Creator": None, "Producer": None, "CreationDate": None}
+    if fmt == "svg":
+        return {"Creator": None, "Date": None}
+    return {}
