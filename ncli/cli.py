@@ -119,7 +119,13 @@ def measure(
         "'all' measures every stored layer. Classifier metrics are not available for layers.",
     ),
     chunk_rows: Optional[int] = typer.Option(
-        None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 32 MiB of float64)."
+        None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 32 MiB of float64). Results do not depend on it."
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Compute threads (default: OMP_NUM_THREADS if set, else all CPUs). Results do not depend on it.",
     ),
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
@@ -141,7 +147,15 @@ def measure(
 
             layers = list_layers(f, split)
         for lay in layers:
-            rec = measure_file(f, split=split, global_mean=global_mean.value, per_class=per_class, layer=lay, chunk_rows=chunk_rows)
+            rec = measure_file(
+                f,
+                split=split,
+                global_mean=global_mean.value,
+                per_class=per_class,
+                layer=lay,
+                chunk_rows=chunk_rows,
+                threads=threads,
+            )
             if json_out:
                 from ncli.report import record_json
 
@@ -155,6 +169,14 @@ def measure(
 
 # --- commands defined in other modules (registered here so `ncli --help` lists them) ---
 # (extract / inspect / compare are added below by their modules' registration lines)
+from ncli.extract.commands import extract as _extract_command  # noqa: E402
+from ncli.extract.commands import inspect as _inspect_command  # noqa: E402
+
+app.command("extract")(reports_errors(_extract_command))
+app.command("inspect")(reports_errors(_inspect_command))
+from ncli.commands_compare import compare as _compare_command  # noqa: E402
+
+app.command("compare")(reports_errors(_compare_command))
 
 
 def main() -> None:

@@ -1,0 +1,125 @@
+"""Typer functions for ``ncli extract`` and ``ncli inspect`` (registered by ncli/cli.py).
+
+Module top level imports typer and the standard library only: torch is imported inside the
+function bodies, so ``ncli measure`` never loads it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+class Pool(str, Enum):
+    none = "none"
+    avg = "avg"
+    max = "max"
+
+
+class Compression(str, Enum):
+    none = "none"
+    lzf = "lzf"
+    gzip = "gzip"
+
+
+_ARCH_HELP = (
+    "Model for state_dict/.safetensors weights: path/to/file.py:Name, pkg.module:Name, torchvision:NAME or "
+    "timm:NAME (a class or factory, called with no arguments unless --arch-arg). With TorchScript, .pt2 or a "
+    "pickled module, loads their weights into this model instead."
+)
+
+
+def extract(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1).", show_default=False),
+    data: List[str] = typer.Option(
+        ..., "--data", "-d",
+        help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT); an ImageFolder "
+        "folder; torchvision:NAME:ROOT. A bare FILE takes every split in it.",
+        show_default=False,
+    ),
+    arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
+    arch_arg: List[str] = typer.Option([], "--arch-arg", help="key=value passed to the --arch class/factory (value: a Python literal or a string); repeatable."),
+    ema: bool = typer.Option(False, "--ema", help="Use the EMA weights of a training checkpoint (keys ema, model_ema, state_dict_ema, ...)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint",
+        help="Allow unpickling a whole pickled model (runs code named by the file). Only for files you trust.",
+    ),
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="Training epoch to record (default: the checkpoint's 'epoch' entry)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Training step to record (default: the checkpoint's 'step'/'global_step')."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="Module path of the classifier (an nn.Linear), overriding discovery."),
+    layer: List[str] = typer.Option([], "--layer", help="Also store this module's output, flattened, as /SPLIT/layers/NAME; repeatable."),
+    pool: Pool = typer.Option(Pool.none, "--pool", help="For --layer outputs with spatial dims (N, C, ...): avg or max over them, or none (flatten)."),
+    x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in array files ('{split}' is replaced by the split name)."),
+    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' is replaced by the split name)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Images: resize and center-crop to this size [vision]."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="Images: imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,.. [vision]."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Samples per forward pass."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes (0: load in the main process)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:INDEX or mps."),
+    amp: bool = typer.Option(False, "--amp", help="Run under autocast (float16 on GPU, bfloat16 on CPU); recorded in the file."),
+    compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
+
+    The classifier is the nn.Linear whose output is what the model returns (found with forward hooks on one batch); its input is stored as the features, and features·Wᵀ + b is checked against the logits (the max error is stored in the file). Rows keep the source's order (/SPLIT/index). The file appears at OUTPUT only when complete; an existing OUTPUT needs --force; Ctrl-C leaves nothing behind.
+
+    Checkpoint forms (detected from the content): a state_dict, plain or nested (state_dict, model, net; DataParallel 'module.', torch.compile '_orig_mod.' and Lightning 'model.' prefixes are handled), or .safetensors, with --arch; a TorchScript archive (hooks do not run in TorchScript, so the classifier's input is captured exactly by running the archive with that layer's weight set to the identity; --layer needs --arch); a torch.export .pt2 program; a whole pickled model, only with --trust-checkpoint.
+
+    Examples:
+
+      ncli extract fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o mlp300.h5
+
+      ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg -o feats.h5
+
+      ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
+    """
+
+    from ncli.extract.arch import parse_arch_args
+    from ncli.extract.run import extract as run_extract
+
+    run_extract(
+        checkpoint, output, data, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
+        epoch=epoch, step=step, classifier=classifier, layers=tuple(layer), pool=pool.value, x_key=x_key, y_key=y_key,
+        image_size=image_size, normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device,
+        amp=amp, force=force, compression=compression.value, progress=not quiet,
+    )
+
+
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
+    arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
+    arch_arg: List[str] = typer.Option([], "--arch-arg", help="key=value passed to the --arch class/factory; repeatable."),
+    ema: bool = typer.Option(False, "--ema", help="Inspect the EMA weights."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling a whole pickled model (runs code named by the file)."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="Check this module as the classifier instead of discovering it."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Run one batch of this source (SPLIT=FILE or FILE) to find the classifier."),
+    x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in the --data file."),
+    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in the --data file."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Run a random batch of this per-sample shape, e.g. 3,32,32."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Show a checkpoint's form, its linear layers, which one is the classifier, and why.
+
+    Finding the classifier needs one forward pass: give --data or --input-shape, else ncli tries a random input shaped for the model's first layer. A state_dict without --arch lists the tensors that look like linear layers.
+
+    Examples:
+
+      ncli inspect fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz
+
+      ncli inspect fixtures/checkpoints/cnn_epoch0100_scripted.pt
+    """
+
+    from ncli.extract.arch import parse_arch_args
+    from ncli.extract.inspecting import inspect_checkpoint, print_inspect
+
+    rec = inspect_checkpoint(
+        checkpoint, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
+        classifier=classifier, data=data, x_key=x_key, y_key=y_key, input_shape=input_shape,
+    )
+    print_inspect(rec, as_json=json_out)

@@ -1,0 +1,404 @@
+"""The extraction loop: sources -> model -> FeatureWriter (temp file + rename, abort on error
+or Ctrl-C). Memory does not grow with the dataset: batches are written as they come (in
+groups of about ``flush_rows`` rows, to keep HDF5 appends few)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import queue
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncli.errors import EnvironmentProblem, InputError, UsageError
+from ncli.fileformat import FeatureWriter, check_output_path
+
+
+def resolve_device(spec: str):
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(
+                f"--device {spec}: CUDA is not available (torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
+            )
+        if ":" in spec:
+            try:
+                i = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise UsageError(f"--device {spec}: expected cuda or cuda:INDEX") from None
+            if not 0 <= i < torch.cuda.device_count():
+                raise EnvironmentProblem(f"--device {spec}: there are {torch.cuda.device_count()} CUDA devices")
+        return torch.device(spec)
+    if spec == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise EnvironmentProblem("--device mps: Apple MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:INDEX or mps")
+
+
+def autocast_context(device, amp: bool):
+    import torch
+
+    if not amp:
+        return nullcontext(), None
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), str(dtype).replace("torch.", "")
+
+
+@dataclass
+class Prepared:
+    ckpt: Any
+    extractor: Any
+    load_info: dict = field(default_factory=dict)
+    model: Any = None
+
+
+def prepare(checkpoint, *, arch=None, arch_args=None, ema=False, trust=False, classifier=None, layers=(), pool="none", amp=False) -> Prepared:
+    """Load the checkpoint (and --arch model) and set up the extractor (no forward pass yet)."""
+    from ncli.extract.arch import build_model
+    from ncli.extract.checkpoint import load_checkpoint, load_into, weights_of
+    from ncli.extract.discover import make_extractor
+
+    ckpt = load_checkpoint(checkpoint, trust=trust, ema=ema)
+    model = None
+    info: dict = {}
+    if arch:
+        model = build_model(arch, arch_args)
+        info = load_into(model, weights_of(ckpt), path=str(checkpoint), arch=arch)
+        model.eval()
+    ex = make_extractor(ckpt, model, classifier=classifier, layers=layers, pool=pool, amp=amp)
+    return Prepared(ckpt, ex, info, model)
+
+
+def _to_device(x, device, dtype):
+    import torch
+
+    if x.is_floating_point():
+        return x.to(device=device, dtype=dtype, non_blocking=True)
+    return x.to(device=device, dtype=torch.long, non_blocking=True)
+
+
+def _np_float(t) -> np.ndarray:
+    import torch
+
+    t = t.detach()
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.cpu().numpy()
+
+
+class _Buffer:
+    """Groups batches into appends of about ``flush_rows`` rows (fewer HDF5 resizes)."""
+
+    def __init__(self, writer, split: str, flush_rows: int):
+        self.w, self.split, self.flush_rows = writer, split, flush_rows
+        self.parts: list[dict] = []
+        self.rows = 0
+
+    def add(self, **arrays) -> None:
+        self.parts.append(arrays)
+        self.rows += len(arrays["labels"])
+        if self.rows >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        if len(self.parts) == 1:
+            d = self.parts[0]
+        else:
+            d = {k: np.concatenate([p[k] for p in self.parts]) for k in ("features", "labels", "logits", "index")}
+            names = self.parts[0]["layers"].keys()
+            d["layers"] = {n: np.concatenate([p["layers"][n] for p in self.parts]) for n in names}
+        self.w.append(self.split, features=d["features"], labels=d["labels"], logits=d["logits"], index=d["index"], layers=d["layers"] or None)
+        self.parts, self.rows = [], 0
+
+
+_STOP = object()
+
+
+class _Sink(threading.Thread):
+    """Checks and writes batches in a background thread, overlapping the forward passes
+    (torch and numpy release the GIL). Bounded queue: memory stays a few batches."""
+
+    def __init__(self, writer, W64: np.ndarray, b64: np.ndarray | None, flush_rows: int, maxsize: int = 4):
+        super().__init__(name="ncli-writer", daemon=True)
+        self.w, self.W64, self.b64, self.flush_rows = writer, W64, b64, flush_rows
+        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.max_err = 0.0
+        self.max_logit = 0.0
+        self.nonfinite = 0
+        self.buffers: dict[str, _Buffer] = {}
+
+    def put(self, split: str, **arrays) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put((split, arrays), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _check(self, H: np.ndarray, Z: np.ndarray) -> None:
+        rec = H.astype(np.float64, copy=False) @ self.W64.T
+        if self.b64 is not None:
+            rec += self.b64
+        diff = np.abs(rec - Z)
+        fin = np.isfinite(diff)
+        if fin.all():
+            self.max_err = max(self.max_err, float(diff.max(initial=0.0)))
+        elif fin.any():
+            self.max_err = max(self.max_err, float(diff[fin].max()))
+        zf = np.abs(Z)
+        self.max_logit = max(self.max_logit, float(zf[np.isfinite(zf)].max(initial=0.0)))
+        self.nonfinite += int((~np.isfinite(H).all(axis=1)).sum())
+
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.q.get()
+                if item is _STOP or self.cancelled:
+                    break
+                split, a = item
+                self._check(a["features"], a["logits"])
+                buf = self.buffers.get(split)
+                if buf is None:
+                    for other in self.buffers.values():  # splits are written one after another
+                        other.flush()
+                    buf = self.buffers[split] = _Buffer(self.w, split, self.flush_rows)
+                buf.add(**a)
+            if not self.cancelled:
+                for buf in self.buffers.values():
+                    buf.flush()
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+
+    def finish(self) -> None:
+        self.put_stop()
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def put_stop(self) -> None:
+        while self.is_alive():
+            try:
+                self.q.put(_STOP, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        try:
+            while True:
+                self.q.get_nowait()
+        except queue.Empty:
+            pass
+        self.put_stop()
+        self.join()
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            s = task.finished_speed or task.speed
+            return Text("      ? samples/s" if s is None else f"{s:9,.0f} samples/s", style="progress.data.speed")
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
+    )
+
+
+def note(msg: str) -> None:
+    print(f"ncli: note: {msg}", file=sys.stderr)
+
+
+def extract(
+    checkpoint,
+    output,
+    data,
+    *,
+    arch: str | None = None,
+    arch_args: dict | None = None,
+    ema: bool = False,
+    trust: bool = False,
+    epoch: int | None = None,
+    step: int | None = None,
+    classifier: str | None = None,
+    layers=(),
+    pool: str = "none",
+    x_key: str | None = None,
+    y_key: str | None = None,
+    image_size: int | None = None,
+    normalize: str | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str = "auto",
+    amp: bool = False,
+    force: bool = False,
+    compression: str | None = None,
+    progress: bool = True,
+    flush_rows: int = 8192,
+) -> Path:
+    """Extract penultimate features; returns the written path. See ``ncli extract --help``."""
+    out = check_output_path(output, force)  # before any work
+    ckpt_path = Path(checkpoint)
+    if ckpt_path.exists() and out.exists() and out.resolve() == ckpt_path.resolve():
+        raise UsageError(f"{out}: the output would replace the checkpoint itself")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    if num_workers < 0:
+        raise UsageError(f"--num-workers {num_workers}: must be 0 or more")
+    if compression in ("none", ""):
+        compression = None
+    if isinstance(data, dict):
+        data = [f"{k}={v}" for k, v in data.items()]
+    from ncli.extract.data import open_sources
+
+    sources = open_sources(list(data), x_key=x_key, y_key=y_key, image_size=image_size, normalize=normalize)
+    for s in sources:
+        if getattr(s, "path", None) is not None and out.exists() and Path(s.path).resolve() == out.resolve():
+            raise UsageError(f"{out}: the output would replace the data file {s.path}")
+    dev = resolve_device(device)
+
+    import torch
+
+    prep = prepare(checkpoint, arch=arch, arch_args=arch_args, ema=ema, trust=trust, classifier=classifier, layers=layers, pool=pool, amp=amp)
+    ckpt, ex = prep.ckpt, prep.extractor
+    ex.to(dev)
+    ctx, amp_dtype = autocast_context(dev, amp)
+    bs = batch_size
+    if ex.fixed_batch is not None and ex.fixed_batch != batch_size:
+        note(f"{checkpoint} was exported for batches of exactly {ex.fixed_batch}; using --batch-size {ex.fixed_batch}")
+        bs = ex.fixed_batch
+    try:
+        with torch.inference_mode(), ctx:
+            first = sources[0].head(min(8, bs))
+            ex.discover(_to_device(first, dev, ex.dtype))
+        C, p = ex.num_classes, ex.feature_dim
+        if C < 1:
+            raise InputError(f"{checkpoint}: the classifier has no outputs")
+        for s in sources:
+            rng = s.label_range()
+            if rng is not None and (rng[0] < 0 or rng[1] >= C):
+                bad = rng[1] if rng[1] >= C else rng[0]
+                raise InputError(
+                    f"--data {s.split}={s.text}: label {bad} is outside the model's {C} classes "
+                    f"(classifier {ex.classifier!r} has {C} outputs; labels must be in [0, {C}))"
+                )
+
+        if epoch is not None and ckpt.epoch is not None and epoch != ckpt.epoch:
+            note(f"--epoch {epoch} overrides the checkpoint's epoch {ckpt.epoch}")
+        if step is not None and ckpt.step is not None and step != ckpt.step:
+            note(f"--step {step} overrides the checkpoint's step {ckpt.step}")
+        W = ex.weight.detach()
+        b = None if ex.bias is None else ex.bias.detach()
+        attrs = {
+            "epoch": epoch if epoch is not None else ckpt.epoch,
+            "step": step if step is not None else ckpt.step,
+            "feature_layer": ex.classifier,
+            "source_checkpoint": str(checkpoint),
+            "source_checkpoint_sha256": ckpt.sha256,
+            "checkpoint_form": ckpt.form,
+            "checkpoint_key": ckpt.container_key,
+            "arch": arch,
+            "arch_args": json.dumps(arch_args, sort_keys=True, default=str) if arch_args else None,
+            "ema": bool(ema),
+            "stripped_prefixes": "".join(prep.load_info.get("stripped_prefixes", [])) or None,
+            "dropped_keys": len(prep.load_info.get("dropped_keys", [])) or None,
+            "classifier_found_by": ex.found_by,
+            "extractor": ex.kind,
+            "torch_version": str(torch.__version__),
+            "numpy_version": str(np.__version__),
+            "python_version": platform.python_version(),
+            "device": str(dev),
+            "dtype": str(ex.dtype).replace("torch.", ""),
+            "amp": amp_dtype or "off",
+            "batch_size": int(bs),
+            "data_sources": json.dumps({s.split: s.description for s in sources}, sort_keys=True),
+            "layers": json.dumps(list(layers)) if layers else None,
+            "layer_pool": pool if layers else None,
+        }
+        if ex.kind == "torchscript":
+            attrs["first_batch_model_output_error"] = float(ex.first_batch_error or 0.0)
+        W64 = W.double().cpu().numpy()
+        b64 = None if b is None else b.double().cpu().numpy()
+        attrs = {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+        with FeatureWriter(out, num_classes=C, force=force, attrs=attrs, compression=compression) as w:
+            w.set_classifier(W.cpu().numpy(), None if b is None else b.cpu().numpy())
+            names = [s.class_names for s in sources if getattr(s, "class_names", None)]
+            if names and all(n == names[0] for n in names) and len(names[0]) == C:
+                w.set_class_names(names[0])
+            pin = dev.type == "cuda"
+            t0 = time.perf_counter()
+            total = 0
+            sink = _Sink(w, W64, b64, max(flush_rows, bs))
+            sink.start()
+            try:
+                with _progress(progress) as bar, torch.inference_mode(), ctx:
+                    for s in sources:
+                        task = bar.add_task(s.split, total=s.num_samples)
+                        for batch in s.batches(bs, num_workers, pin):
+                            y = batch.y
+                            if y.size and (y.min() < 0 or y.max() >= C):
+                                i = int(np.argmax((y < 0) | (y >= C)))
+                                raise InputError(
+                                    f"--data {s.split}={s.text}: row {int(batch.index[i])}: label {int(y[i])} outside the model's {C} classes"
+                                )
+                            h, z, lay = ex(_to_device(batch.x, dev, ex.dtype))
+                            sink.put(
+                                s.split, features=_np_float(h), labels=y, logits=_np_float(z).astype(np.float32, copy=False),
+                                index=batch.index, layers={k: _np_float(v) for k, v in lay.items()},
+                            )
+                            bar.advance(task, len(y))
+                            total += len(y)
+                    sink.finish()
+            except BaseException:
+                sink.cancel()  # stop writing before the writer removes the temporary file
+                raise
+            elapsed = time.perf_counter() - t0
+            max_err, nonfinite = sink.max_err, sink.nonfinite
+            w.set_attrs(
+                max_reconstruction_error=float(max_err),
+                max_abs_logit=float(sink.max_logit),
+                nonfinite_feature_rows=int(nonfinite),
+            )
+        if nonfinite:
+            note(f"{out}: {nonfinite} rows of features contain NaN or Inf (the model produced them)")
+        if progress:
+            note(f"wrote {out}: {total} samples, p = {p}, C = {C}, classifier {ex.classifier!r}, {total / max(elapsed, 1e-9):,.0f} samples/s")
+        return out
+    finally:
+        ex.close()
+        for s in sources:
+            close = getattr(s, "close", None)
+            if close is not None:
+                close()

@@ -1,0 +1,172 @@
+"""Tiny models for the extract tests (used as ``--arch tests/extract_models.py:Name`` and, for
+the pickled-module test, imported as ``extract_models``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+IN, HID, P, C = 12, 16, 8, 4
+
+
+class Net(nn.Module):
+    def __init__(self, bias: bool = True, num_classes: int = C):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(IN, HID), nn.ReLU(), nn.Linear(HID, P), nn.ReLU())
+        self.fc = nn.Linear(P, num_classes, bias=bias)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class NoBias(Net):
+    def __init__(self):
+        super().__init__(bias=False)
+
+
+class AuxAfter(nn.Module):
+    """An auxiliary head registered (and called) after the classifier, not returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(IN, P), nn.ReLU())
+        self.fc = nn.Linear(P, C)
+        self.aux = nn.Linear(P, 3)
+        self.aux_out = None
+
+    def forward(self, x):
+        h = self.body(x)
+        out = self.fc(h)
+        self.aux_out = self.aux(h)
+        return out
+
+
+class AuxTuple(AuxAfter):
+    """Returns (logits, aux): the logits are the first element."""
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.fc(h), self.aux(h)
+
+
+class Projection(nn.Module):
+    """A linear projection before the classifier: features are the projection's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(IN, HID), nn.ReLU())
+        self.proj = nn.Linear(HID, P)
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, x):
+        return self.fc(self.proj(self.body(x)))
+
+
+class ViewOut(Net):
+    def forward(self, x):
+        return self.fc(self.body(x)).view(-1, C)
+
+
+class DictOut(Net):
+    def forward(self, x):
+        return {"logits": self.fc(self.body(x)), "features": self.body(x)}
+
+
+class ConvHead(nn.Module):
+    """A 1x1-conv classifier: the head is not linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(IN, P)
+        self.head = nn.Conv1d(P, C, 1)
+
+    def forward(self, x):
+        return self.head(self.embed(x).unsqueeze(-1)).squeeze(-1)
+
+
+class CosineHead(nn.Module):
+    """A normalised (cosine) classifier built on nn.Linear: features·Wᵀ + b does not hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(IN, P), nn.ReLU())
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, x):
+        h = nn.functional.normalize(self.body(x), dim=1)
+        w = nn.functional.normalize(self.fc.weight, dim=1)
+        return 10 * h @ w.T
+
+
+class SmallConv(nn.Module):
+    """Inputs (N, IN) seen as (N, 1, 3, 4); for --layer with --pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, C)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], 1, 3, 4)
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+class Wrapper(nn.Module):
+    """A model whose own keys start with 'model.' (must not be stripped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = Net()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def make_net(hidden: int = HID, num_classes: int = C):
+    """A factory taking arguments (for --arch-arg)."""
+    m = Net(num_classes=num_classes)
+    m.body[0] = nn.Linear(IN, hidden)
+    m.body[2] = nn.Linear(hidden, P)
+    return m
+
+
+class Exploding(Net):
+    def forward(self, x):
+        raise RuntimeError("the model ran")
+
+
+class Interrupting(Net):
+    """Raises KeyboardInterrupt on its 4th call (discovery is the 1st)."""
+
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        if type(self).calls >= 4:
+            raise KeyboardInterrupt
+        return super().forward(x)
+
+
+class Tokens(nn.Module):
+    """Integer inputs (token ids), as for text models."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, P)
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, x):
+        return self.fc(self.emb(x).mean(1))
+
+
+class InplaceAfter(nn.Module):
+    """body.0's output is changed in place by the ReLU that follows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(IN, P), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, x):
+        return self.fc(self.body(x))

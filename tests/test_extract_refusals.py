@@ -1,0 +1,194 @@
+"""Refusals and failure modes of ``ncli extract`` (issue 3): one clear line, the right exit
+code, and no output file (nor temporary leftovers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import extract_models as em
+from extract_util import arch, invoke, make_data, model, ok
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_data(tmp_path)
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".ncli-tmp-")]
+
+
+def _one_line_error(r, code):
+    assert r.exit_code == code, (r.exit_code, r.output)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ncli: error: "), r.output
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+def test_pickle_without_flag_is_refused(tmp_path, data):
+    ck = tmp_path / "whole.pt"
+    torch.save(model("Net"), ck)
+    out = tmp_path / "out.h5"
+    msg = _one_line_error(invoke("extract", ck, "--data", data, "-o", out), 4)
+    assert "--trust-checkpoint" in msg and "extract_models.Net" in msg and str(ck) in msg
+    assert not out.exists() and not _leftovers(tmp_path)
+    # with --arch too: the file is never unpickled without the flag
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", out), 4)
+    assert not out.exists()
+
+
+def test_pickle_with_custom_objects_in_a_dict_is_refused(tmp_path, data):
+    ck = tmp_path / "dict.pt"
+    torch.save({"state_dict": model("Net").state_dict(), "extra": em.Net}, ck)
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "o.h5"), 4)
+    assert "extract_models.Net" in msg
+
+
+def test_trusted_pickle_whose_class_is_gone(tmp_path, data):
+    ck = tmp_path / "whole.pt"
+    torch.save(model("Net"), ck)
+    raw = ck.read_bytes()
+    # rename the module the pickle refers to (same length keeps the zip valid)
+    ck.write_bytes(raw.replace(b"extract_models", b"extract_modelz"))
+    msg = _one_line_error(invoke("extract", ck, "--trust-checkpoint", "--data", data, "-o", tmp_path / "o.h5"), 3)
+    assert "extract_modelz" in msg and "PYTHONPATH" in msg
+
+
+def test_arch_that_does_not_fit(tmp_path, data):
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    out = tmp_path / "out.h5"
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Projection"), "--data", data, "-o", out), 3)
+    assert "does not fit" in msg and "proj.weight" in msg and "body.2.weight" in msg
+    msg = _one_line_error(
+        invoke("extract", ck, "--arch", arch("make_net"), "--arch-arg", "hidden=7", "--data", data, "-o", out), 3
+    )
+    assert "shape mismatch" in msg and "body.0.weight (16, 12) in the file vs (7, 12)" in msg
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_labels_beyond_the_models_classes(tmp_path):
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    data = make_data(tmp_path, n_classes=em.C + 1)
+    out = tmp_path / "out.h5"
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", out), 3)
+    assert f"label {em.C} is outside the model's {em.C} classes" in msg
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_existing_output_refused_before_the_model_runs(tmp_path, data):
+    ck = tmp_path / "net.pt"
+    torch.save(model("Exploding").state_dict(), ck)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"precious")
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Exploding"), "--data", data, "-o", out), 4)
+    assert "--force" in msg and out.read_bytes() == b"precious"
+    # with --force the model does run (and fails: internal error 1), and out is left untouched
+    r = invoke("extract", ck, "--arch", arch("Exploding"), "--data", data, "-o", out, "--force")
+    assert r.exit_code == 1 and "the model ran" in r.output and out.read_bytes() == b"precious"
+
+
+def test_force_replaces(tmp_path, data):
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"old")
+    ok(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", out, "--force", "-q"))
+    assert out.read_bytes()[:4] == b"\x89HDF"
+
+
+def _arch_modules():
+    # --arch file.py:Name imports the file under its own module name
+    return [m for n, m in sys.modules.items() if n.startswith("ncli_arch_extract_models")]
+
+
+def test_ctrl_c_leaves_nothing(tmp_path, data):
+    for m in _arch_modules():
+        m.Interrupting.calls = 0
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    out = tmp_path / "out.h5"
+    r = invoke("extract", ck, "--arch", arch("Interrupting"), "--data", data, "-o", out, "-b", "4", "-q")
+    assert r.exit_code == 130, r.output
+    assert "interrupted" in r.output
+    assert [m.Interrupting.calls for m in _arch_modules()] == [4]  # interrupted mid-run, after writing began
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_bad_inputs_are_one_line(tmp_path, data):
+    out = tmp_path / "out.h5"
+    _one_line_error(invoke("extract", tmp_path / "missing.pt", "--data", data, "-o", out), 3)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert "not a checkpoint" in _one_line_error(invoke("extract", junk, "--data", data, "-o", out), 3)
+    trunc = tmp_path / "trunc.pt"
+    torch.save(model("Net").state_dict(), trunc)
+    trunc.write_bytes(trunc.read_bytes()[:300])
+    _one_line_error(invoke("extract", trunc, "--arch", arch("Net"), "--data", data, "-o", out), 3)
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    assert "--arch" in _one_line_error(invoke("extract", ck, "--data", data, "-o", out), 2)
+    assert "no such file" in _one_line_error(invoke("extract", ck, "--arch", "nofile.py:Net", "--data", data, "-o", out), 3)
+    assert "has no 'Nope'" in _one_line_error(invoke("extract", ck, "--arch", arch("Nope"), "--data", data, "-o", out), 3)
+    assert "expected path/to/file.py:Name" in _one_line_error(invoke("extract", ck, "--arch", "Net", "--data", data, "-o", out), 2)
+    assert "no dataset 'x_val'" in _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", f"val={data}", "-o", out), 3)
+    assert "not an array file" in _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", f"train={junk}", "-o", out), 3)
+    assert "output folder" in _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "no" / "o.h5"), 3)
+    assert "HDF5" in _one_line_error(invoke("extract", _h5(tmp_path), "--data", data, "-o", out), 3)
+    assert not out.exists()
+
+
+def _h5(tmp_path):
+    import h5py
+
+    p = tmp_path / "feat.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.zeros(3)
+    return p
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_missing_cuda_is_an_environment_problem(tmp_path, data):
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "o.h5", "--device", "cuda"), 5)
+    assert "CUDA is not available" in msg
+
+
+def test_missing_safetensors_names_the_extra(tmp_path, data, monkeypatch):
+    st = pytest.importorskip("safetensors.torch")
+    ck = tmp_path / "w.safetensors"
+    st.save_file(model("Net").state_dict(), str(ck))
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "o.h5"), 5)
+    assert "pip install 'ncli[safetensors]'" in msg
+
+
+def test_missing_torchvision_names_the_extra(tmp_path, data):
+    try:
+        import torchvision  # noqa: F401
+
+        pytest.skip("torchvision is installed")
+    except ImportError:
+        pass
+    ck = tmp_path / "net.pt"
+    torch.save(model("Net").state_dict(), ck)
+    msg = _one_line_error(invoke("extract", ck, "--arch", "torchvision:resnet18", "--data", data, "-o", tmp_path / "o.h5"), 5)
+    assert "pip install 'ncli[vision]'" in msg
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", f"train={folder}", "-o", tmp_path / "o.h5"), 5)
+    assert "pip install 'ncli[vision]'" in msg
+
+
+def test_cli_module_does_not_import_torch():
+    code = "import sys, ncli.cli, ncli.extract.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
