@@ -85,7 +85,7 @@ def measure_file(
         W, b = clf if clf is not None else (None, None)
         names = ff.class_names()
 
-        counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer)
+        counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, pipeline=threads >= 2)
         try:
             means = M.class_means(counts, sums, names)
         except InputError as exc:
