@@ -127,6 +127,12 @@ def measure(
         min=1,
         help="Compute threads (default: OMP_NUM_THREADS if set, else all CPUs). Results do not depend on it.",
     ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu, or cuda / cuda:N to do the arithmetic on a GPU (float64; imports torch). "
+        "Without CUDA, a warning and the CPU.",
+    ),
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
 
@@ -139,6 +145,14 @@ def measure(
     from ncli.measure import measure_file
     from ncli.report import print_records
 
+    if device != "cpu":
+        from ncli.stream_torch import resolve_device
+
+        try:
+            resolve_device(device)
+        except NcliError as exc:
+            typer.echo(f"ncli: warning: {exc}; measuring on the CPU instead", err=True)
+            device = "cpu"
     records = []
     for f in files:
         layers = [layer]
@@ -155,6 +169,7 @@ def measure(
                 layer=lay,
                 chunk_rows=chunk_rows,
                 threads=threads,
+                device=device,
             )
             if json_out:
                 from ncli.report import record_json

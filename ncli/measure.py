@@ -55,13 +55,23 @@ def measure_file(
     layer: str | None = None,
     chunk_rows: int | None = None,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
 
     ``split`` names the split whose class statistics define the metrics; every split in the
     file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
     of the penultimate features (classifier metrics are then not available).
+
+    ``device`` other than "cpu" (e.g. "cuda", "cuda:1") runs the per-block arithmetic with
+    torch on that device (:mod:`ncli.stream_torch`); "torch:cpu" runs that path on the CPU
+    (for tests). The default numpy path never imports torch.
     """
+    dev = None
+    if device != "cpu":
+        from ncli import stream_torch
+
+        dev = stream_torch.resolve_device(device.removeprefix("torch:"))
     threads = resolve_threads(threads)
     # With two or more threads the second pass runs as a two-stage pipeline; each stage's
     # BLAS calls get half the threads (two concurrent multi-threaded BLAS calls thrash).
@@ -85,7 +95,10 @@ def measure_file(
         W, b = clf if clf is not None else (None, None)
         names = ff.class_names()
 
-        counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, pipeline=threads >= 2)
+        if dev is None:
+            counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, pipeline=threads >= 2)
+        else:
+            counts, sums = stream_torch.class_sums(ff, split, device=dev, chunk_rows=chunk_rows, layer=layer)
         try:
             means = M.class_means(counts, sums, names)
         except InputError as exc:
@@ -96,6 +109,12 @@ def measure_file(
         order = [split] + [s for s in ff.splits if s != split]
         results = {}
         for s in order:
+            if dev is not None:
+                results[s] = stream_torch.evaluate_split(
+                    ff, s, device=dev, means=means, basis=basis, W=W, b=b, accumulate=(s == split),
+                    chunk_rows=chunk_rows, layer=layer,
+                )
+                continue
             with threadpool_limits(limits=blas_threads, user_api="blas"):
                 results[s] = evaluate_split(
                     ff,
