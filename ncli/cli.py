@@ -119,7 +119,7 @@ def measure(
         "'all' measures every stored layer. Classifier metrics are not available for layers.",
     ),
     chunk_rows: Optional[int] = typer.Option(
-        None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 32 MiB of float64). Results do not depend on it."
+        None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 16 MiB as float64). Results do not depend on it."
     ),
     threads: Optional[int] = typer.Option(
         None,

@@ -8,12 +8,15 @@ split in whole-row chunks and validates labels (integer, in [0, C)) chunk by chu
 Writer: ``FeatureWriter(path, num_classes=C)`` is a context manager that writes row-chunked,
 resizable datasets into a temporary file next to ``path`` and moves it into place only when
 the ``with`` block ends without an exception; an existing ``path`` is never replaced unless
-``force=True``. On error or Ctrl-C the temporary file is removed.
+``force=True``. On error or Ctrl-C the temporary file is removed; the leftover of a killed
+writer (``.ncli-tmp-<pid>-<hex>-<name>``, its process gone) is removed by the next writer in
+that folder (``cleanup_stale_temps``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from ncli.errors import InputError, RefusedError
 
 FORMAT_NAME = "ncli.features"
 FORMAT_VERSION = 1
-TEMP_PREFIX = ".ncli-tmp-"  # leftovers of killed writers start with this and are ignored
+TEMP_PREFIX = ".ncli-tmp-"  # + "<pid>-<hex>-<name>"; a killed writer's leftover is removed by the next writer
 RESERVED_GROUPS = {"classifier"}
 CHUNK_BYTES = 1 << 20  # about 1 MiB of whole rows per HDF5 chunk (format.md)
 
@@ -241,14 +244,25 @@ class FeatureFile:
     # -- access ----------------------------------------------------------------------
     @property
     def attrs(self) -> dict:
+        """Root attributes as plain values. Data only: nothing is unpickled or evaluated; an
+        opaque attribute comes back as bytes, one h5py cannot read (or a reference, an empty
+        attribute) is left out."""
         out = {}
-        for k, v in self._h5.attrs.items():
-            if isinstance(v, bytes):
+        for k in list(self._h5.attrs):
+            try:
+                v = self._h5.attrs[k]
+            except (OSError, TypeError, ValueError, KeyError):
+                continue
+            if isinstance(v, np.void):
+                v = bytes(v.tobytes())
+            elif isinstance(v, bytes):
                 v = v.decode("utf-8", "replace")
             elif isinstance(v, np.generic):
                 v = v.item()
             elif isinstance(v, np.ndarray):
                 v = v.tolist()
+            elif not isinstance(v, (str, int, float, bool)):
+                continue  # h5py.Empty, references
             out[k] = v
         return out
 
@@ -290,8 +304,8 @@ class FeatureFile:
         names = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in raw.tolist()]
         return names if len(names) == self.num_classes else None
 
-    def default_chunk_rows(self, split: str, layer: str | None = None, target_bytes: int = 32 << 20) -> int:
-        """Rows per read: about ``target_bytes`` of float64, rounded to whole HDF5 chunks."""
+    def default_chunk_rows(self, split: str, layer: str | None = None, target_bytes: int = 16 << 20) -> int:
+        """Rows per read: about ``target_bytes`` as float64, rounded to whole HDF5 chunks."""
         ds = self._features_ds(split, layer)
         p = ds.shape[1]
         rows = max(1, target_bytes // (8 * p))
@@ -366,6 +380,68 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
 
 
+_TEMP_RE = re.compile(r"^" + re.escape(TEMP_PREFIX) + r"(\d+)-[0-9a-f]{8}-.+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we could have written: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _locked(path: Path) -> bool:
+    """Whether another process holds an HDF5 writer's lock (flock) on ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return True  # cannot tell: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def cleanup_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the leftovers of killed writers in ``folder``: ``.ncli-tmp-<pid>-<hex>-<name>``
+    files whose process is gone (and that no process holds open for writing). Anything else,
+    and any error, is left alone. Returns the removed paths."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_RE.match(e.name)
+        if m is None:
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            pid = int(m.group(1))
+            if pid == os.getpid() or _pid_alive(pid) or _locked(Path(e.path)):
+                continue
+            os.unlink(e.path)
+            removed.append(Path(e.path))
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
 def check_output_path(path: str | os.PathLike, force: bool) -> Path:
     """Fail early (before any work) when ``path`` cannot be written as asked."""
     out = Path(path)
@@ -418,15 +494,20 @@ class FeatureWriter:
         self._rows: dict[str, int] = {}
 
     def __enter__(self) -> "FeatureWriter":
-        self._h5 = h5py.File(self.tmp, "w")
-        a = self._h5.attrs
-        a["ncli_format"] = FORMAT_NAME
-        a["ncli_format_version"] = np.int64(FORMAT_VERSION)
-        a["num_classes"] = np.int64(self.num_classes)
-        from ncli import __version__
+        cleanup_stale_temps(self.tmp.parent)  # leftovers of killed runs (their pid is gone)
+        try:
+            self._h5 = h5py.File(self.tmp, "w")
+            a = self._h5.attrs
+            a["ncli_format"] = FORMAT_NAME
+            a["ncli_format_version"] = np.int64(FORMAT_VERSION)
+            a["num_classes"] = np.int64(self.num_classes)
+            from ncli import __version__
 
-        a["created_by"] = f"ncli {__version__}"
-        self.set_attrs(**self._attrs)
+            a["created_by"] = f"ncli {__version__}"
+            self.set_attrs(**self._attrs)
+        except BaseException:  # __exit__ is not called when __enter__ fails
+            self.abort()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

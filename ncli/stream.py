@@ -26,21 +26,36 @@ from ncli.fileformat import Chunk, FeatureFile
 from ncli.metrics import BetweenBasis
 
 
-BLOCK_ROWS = 2048  # rows per computational block (fixes the float64 summation order)
+BLOCK_ROWS = 2048  # most rows per computational block (blocks fix the float64 summation order)
+BLOCK_BYTES = 32 << 20  # a block's widest float64 work array stays about this size
+
+
+def block_rows(p: int, C: int) -> int:
+    """Rows per block for p features and C classes: ``BLOCK_ROWS``, halved (down to 256)
+    while a float64 (rows × max(p, 2C)) array exceeds ``BLOCK_BYTES``. It depends on the
+    file's shape only, so results stay reproducible; it keeps work arrays cache-sized and
+    memory flat for wide features and many classes."""
+    width = max(p, 2 * C)
+    rows = BLOCK_ROWS
+    while rows > 256 and rows * width * 8 > BLOCK_BYTES:
+        rows //= 2
+    return min(rows, BLOCK_ROWS)
 
 
 def blocks(ff: FeatureFile, split: str, chunk_rows: int | None = None, layer: str | None = None):
-    """Yield the rows of a split in blocks of ``BLOCK_ROWS`` aligned at multiples of it.
+    """Yield the rows of a split in blocks of :func:`block_rows` rows, aligned at multiples.
 
     Reads are ``chunk_rows`` rounded up to a whole number of blocks, and every accumulation
     adds one block's partial sums at a time, in row order: the float64 results therefore
     depend on the file only — bit-identical whatever the read size (``--chunk-rows``).
     """
+    p = ff.feature_dim if layer is None else ff.layer_info(split, layer)[1]
+    per_block = block_rows(p, ff.num_classes)
     rows = int(chunk_rows or ff.default_chunk_rows(split, layer))
-    rows = -(-rows // BLOCK_ROWS) * BLOCK_ROWS
+    rows = -(-rows // per_block) * per_block
     for ch in ff.iter_chunks(split, rows, layer=layer):
-        for off in range(0, ch.labels.shape[0], BLOCK_ROWS):
-            sl = slice(off, off + BLOCK_ROWS)
+        for off in range(0, ch.labels.shape[0], per_block):
+            sl = slice(off, off + per_block)
             yield Chunk(ch.start + off, ch.features[sl], ch.labels[sl])
 
 
@@ -146,7 +161,7 @@ def class_sums(
     return counts, sums
 
 
-TIE_RTOL = 1e-11  # float64 NCC scores: rivals within this (relative) are recomputed directly
+TIE_RTOL = 1e-11  # float64 scores (torch path): rivals within this (relative) are re-decided directly
 
 
 def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -212,7 +227,12 @@ def evaluate_split(
     have_w = W is not None
     max_norm_m = float(np.sqrt(sq_norm_m.max()))
     coords32 = np.ascontiguousarray(coords.T, dtype=np.float32)  # (k, C)
-    ncc_rtol = 2.0 * 4.0 * (k + 2) * 2.0**-24  # |fl32(2⟨e, m_c⟩) − 2⟨e, m_c⟩| ≤ 2 (k+2) u ‖e‖ ‖m_c‖, ×4 margin
+    # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G, m_c = μ_c − μ_G in U coordinates) are formed
+    # in float32: error ≤ (2k + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² (u = 2⁻²⁴, rounding of e, m, the
+    # GEMM and the subtraction); ×4 margin. Rivals within it are re-decided exactly.
+    sq_norm_m32 = sq_norm_m.astype(np.float32)
+    ncc_rtol = 4.0 * (2 * k + 8) * 2.0**-24
+    ncc_atol = 4.0 * 3 * 2.0**-24 * float(sq_norm_m.max())
     norm_means = np.linalg.norm(means, axis=1)
     if have_w:
         # Logits are formed in float32 (the network's own precision, twice the speed), then
@@ -221,6 +241,9 @@ def evaluate_split(
         W32 = np.ascontiguousarray(W.T, dtype=np.float32)  # (p, C)
         max_norm_w = float(np.linalg.norm(W, axis=1).max())
         logit_rtol = 4.0 * (p + 2) * 2.0**-24
+        b32 = b.astype(np.float32)
+        # + rounding of b and of the addition: ≤ u (|b| + |logit|); ×4 margin
+        logit_atol = 4.0 * 2.0**-24 * (2.0 * float(np.abs(b).max()))
     res = SplitResult(
         class_counts=np.zeros(C, dtype=np.int64),
         disagree_per_class=np.zeros(C, dtype=np.int64),
@@ -247,9 +270,10 @@ def evaluate_split(
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         y_net = None
         if have_w:
-            logits = (Hs.astype(np.float32, copy=False) @ W32) + b
+            logits = Hs.astype(np.float32, copy=False) @ W32  # float32 (n, C), scratch
+            logits += b32
             y_net = np.argmax(logits, axis=1)
-            tol = logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w
+            tol = 2.0 * logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w + logit_atol
             _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
         return seg, y, Hs, D, rn, y_net
 
@@ -263,10 +287,12 @@ def evaluate_split(
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
         # (scores in float32; rivals within the float32 error bound are decided exactly)
         E = Z + coords[y]  # h − μ_G in U coordinates
-        ncc_score = sq_norm_m[None, :] - 2.0 * (E.astype(np.float32) @ coords32)
-        y_ncc = np.argmin(ncc_score, axis=1)
-        tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + TIE_RTOL * max_norm_m**2
-        _settle_near_ties(-ncc_score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
+        score = E.astype(np.float32) @ coords32  # float32 (n, C), scratch
+        score *= 2.0
+        score -= sq_norm_m32  # argmax = nearest centre
+        y_ncc = np.argmax(score, axis=1)
+        tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + ncc_atol
+        _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
         res.num_samples += y.shape[0]
         res.class_counts += seg.counts(C)
         res.ncc_correct += int(np.count_nonzero(y_ncc == y))
