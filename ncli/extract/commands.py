@@ -59,7 +59,11 @@ def extract(
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Images: imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,.. [vision]."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Samples per forward pass."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes (0: load in the main process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:INDEX or mps."),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="auto (cuda if available, else mps, else cpu; says which), cpu, cuda, cuda:INDEX or mps. Under torchrun, "
+        "cuda means each process's cuda:LOCAL_RANK.",
+    ),
     amp: bool = typer.Option(False, "--amp", help="Run under autocast (float16 on GPU, bfloat16 on CPU); recorded in the file."),
     compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
@@ -78,17 +82,23 @@ def extract(
       ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg -o feats.h5
 
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
+
+    Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
 
     from ncli.extract.arch import parse_arch_args
+    from ncli.extract.distributed import PeerFailed
     from ncli.extract.run import extract as run_extract
 
-    run_extract(
-        checkpoint, output, data, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
-        epoch=epoch, step=step, classifier=classifier, layers=tuple(layer), pool=pool.value, x_key=x_key, y_key=y_key,
-        image_size=image_size, normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device,
-        amp=amp, force=force, compression=compression.value, progress=not quiet,
-    )
+    try:
+        run_extract(
+            checkpoint, output, data, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
+            epoch=epoch, step=step, classifier=classifier, layers=tuple(layer), pool=pool.value, x_key=x_key, y_key=y_key,
+            image_size=image_size, normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device,
+            amp=amp, force=force, compression=compression.value, progress=not quiet,
+        )
+    except PeerFailed as exc:  # torchrun: another rank failed and has said why; exit without repeating it
+        raise typer.Exit(exc.exit_code) from None
 
 
 def inspect(

@@ -139,7 +139,10 @@ class ArraySource:
         self._pid = None
         self._arrays = None
         self._file = None
-        x, y = self.arrays()
+        try:
+            x, y = self.arrays()
+        except Exception as exc:  # a damaged member (e.g. its header promises more rows than stored)
+            raise InputError(f"--data {split}={path}: cannot read ({type(exc).__name__}: {exc})") from None
         if y.ndim != 1:
             raise InputError(f"--data {split}={path}: labels {yk!r} must be 1-D, got shape {tuple(y.shape)}")
         if y.dtype.kind not in "iu":
@@ -202,7 +205,10 @@ class ArraySource:
         lo, hi = None, None
         step = 1 << 22
         for s in range(0, self.num_samples, step):
-            part = np.asarray(y[s : s + step])
+            try:
+                part = np.asarray(y[s : s + step])
+            except (OSError, ValueError) as exc:
+                raise InputError(f"--data {self.split}={self.text}: cannot read the labels ({exc})") from None
             a, b = int(part.min()), int(part.max())
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
@@ -212,10 +218,13 @@ class ArraySource:
         import torch
 
         x, y = self.arrays()
-        xb = np.ascontiguousarray(x[start:stop])
+        try:
+            xb = np.ascontiguousarray(x[start:stop])
+            yb = np.asarray(y[start:stop]).astype(np.int64, copy=False)
+        except (OSError, ValueError) as exc:  # a damaged HDF5 chunk
+            raise InputError(f"--data {self.split}={self.text}: cannot read rows {start}..{stop - 1} ({exc})") from None
         if not xb.flags.writeable:  # a memory-mapped .npz member
             xb = xb.copy()
-        yb = np.asarray(y[start:stop]).astype(np.int64, copy=False)
         if xb.dtype.kind == "b":
             xb = xb.astype(np.float32)
         t = torch.from_numpy(xb) if xb.dtype.kind == "f" else torch.from_numpy(xb.astype(np.int64, copy=False))
@@ -224,34 +233,47 @@ class ArraySource:
     def head(self, k: int):
         return self._batch(0, min(k, self.num_samples)).x
 
-    def batches(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> Iterator[BatchOut]:
-        n = self.num_samples
+    def batches(
+        self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, start: int = 0, stop: int | None = None
+    ) -> Iterator[BatchOut]:
+        """Batches of rows ``start..stop-1`` (default: all), ``batch_size`` rows each but the last."""
+        start, n = _row_range(self.num_samples, start, stop)
         if num_workers <= 0:
-            for s in range(0, n, batch_size):
+            for s in range(start, n, batch_size):
                 yield self._batch(s, min(n, s + batch_size))
             return
         import torch.utils.data as tud
 
         self.close()  # workers open their own handles (HDF5 handles must not cross a fork)
         loader = tud.DataLoader(
-            _BatchDataset(self, batch_size), batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory
+            _BatchDataset(self, batch_size, start, n), batch_size=None, shuffle=False, num_workers=num_workers,
+            pin_memory=pin_memory,
         )
         for x, y, idx in loader:
             yield BatchOut(x, np.asarray(y), np.asarray(idx))
 
 
-class _BatchDataset:
-    """Map-style dataset of whole batches (module level, so spawn-started workers can pickle it)."""
+def _row_range(num_samples: int, start: int, stop: int | None) -> tuple[int, int]:
+    stop = num_samples if stop is None else min(int(stop), num_samples)
+    start = max(0, int(start))
+    return start, max(start, stop)
 
-    def __init__(self, src: ArraySource, batch_size: int):
+
+class _BatchDataset:
+    """Map-style dataset of whole batches of rows start..stop-1 (module level, so spawn-started
+    workers can pickle it)."""
+
+    def __init__(self, src: ArraySource, batch_size: int, start: int = 0, stop: int | None = None):
         self.src, self.batch_size = src, batch_size
+        self.start, self.stop = _row_range(src.num_samples, start, stop)
 
     def __len__(self) -> int:
-        return (self.src.num_samples + self.batch_size - 1) // self.batch_size
+        return (self.stop - self.start + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int):
-        n, bs = self.src.num_samples, self.batch_size
-        b = self.src._batch(i * bs, min(n, (i + 1) * bs))
+        bs = self.batch_size
+        a = self.start + i * bs
+        b = self.src._batch(a, min(self.stop, a + bs))
         return b.x, b.y, b.index
 
 
@@ -366,11 +388,14 @@ class TorchDatasetSource:
         xs = [self.ds[i][0] for i in range(min(k, self.num_samples))]
         return torch.stack(xs)
 
-    def batches(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> Iterator[BatchOut]:
+    def batches(
+        self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, start: int = 0, stop: int | None = None
+    ) -> Iterator[BatchOut]:
         import torch.utils.data as tud
 
-        loader = tud.DataLoader(self.ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
-        start = 0
+        start, stop = _row_range(self.num_samples, start, stop)
+        ds = self.ds if (start, stop) == (0, self.num_samples) else tud.Subset(self.ds, range(start, stop))
+        loader = tud.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
         for x, y in loader:
             y = np.asarray(y).astype(np.int64)
             yield BatchOut(x, y, np.arange(start, start + len(y), dtype=np.int64))
@@ -391,7 +416,10 @@ def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=No
         else:
             p = Path(text)
             if split is None and p.exists() and not (x_key or y_key) and _file_kind(p) != "?":
-                names = _h5_names(p) if _file_kind(p) == "h5" else _npz_names(p)
+                try:
+                    names = _h5_names(p) if _file_kind(p) == "h5" else _npz_names(p)
+                except Exception as exc:  # truncated or damaged
+                    raise InputError(f"--data {text}: cannot read ({type(exc).__name__}: {exc})") from None
                 if "x" in names and "y" in names:
                     splits = ["train"]
                 else:

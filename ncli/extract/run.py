@@ -37,7 +37,8 @@ def resolve_device(spec: str):
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise EnvironmentProblem(
-                f"--device {spec}: CUDA is not available (torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
+                f"--device {spec}: CUDA is not available (torch {torch.__version__}, built with CUDA "
+                f"{torch.version.cuda or 'none: a CPU-only build'}); use --device cpu, or --device auto to use the best device there is"
             )
         if ":" in spec:
             try:
@@ -50,7 +51,7 @@ def resolve_device(spec: str):
     if spec == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise EnvironmentProblem("--device mps: Apple MPS is not available here; use --device cpu")
+            raise EnvironmentProblem("--device mps: Apple MPS is not available here; use --device cpu or --device auto")
         return torch.device("mps")
     raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:INDEX or mps")
 
@@ -133,6 +134,60 @@ class _Buffer:
         self.parts, self.rows = [], 0
 
 
+class _AsyncDeviceToHost:
+    """CUDA only. Copies a batch's outputs into pinned host buffers on a side stream and
+    returns at once; the writer thread waits on the copy's event before it checks and writes
+    the batch. So the device-to-host copy, the checks and the HDF5 write overlap the next
+    batch's host-to-device copy and forward pass, and the main thread never blocks on a copy.
+
+    Stream rules: the side stream first waits for the compute stream (the outputs are ready
+    there); ``record_stream`` tells the caching allocator that the outputs are still in use
+    on the side stream, so their memory is not reused by the next forward pass before the
+    copy has run. The pinned buffers stay alive as long as the numpy arrays that view them
+    (the sink's bounded queue keeps that to a few batches)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch = torch
+        self.stream = torch.cuda.Stream(device=device)
+
+    def start(self, h, z, layers: dict) -> "_PendingHost":
+        torch = self.torch
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        host: dict = {}
+        with torch.cuda.stream(self.stream):
+            items = [("features", h), ("logits", z)] + [(("layer", k), v) for k, v in layers.items()]
+            for key, t in items:
+                t = t.detach()
+                if t.is_cuda:  # (a model may hand back a CPU tensor; its copy is then synchronous)
+                    t.record_stream(self.stream)
+                if key == "logits" and t.dtype != torch.float32:
+                    t = t.float()  # logits are stored as float32
+                elif t.dtype not in (torch.float32, torch.float64):
+                    t = t.float()  # e.g. float16 under --amp, as _np_float does on the CPU path
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                buf.copy_(t, non_blocking=True)
+                host[key] = buf
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return _PendingHost(done, host)
+
+
+class _PendingHost:
+    def __init__(self, event, host: dict):
+        self.event, self.host = event, host
+
+    def wait(self) -> dict:
+        self.event.synchronize()
+        h = self.host
+        return {
+            "features": h["features"].numpy(),
+            "logits": h["logits"].numpy(),
+            "layers": {k[1]: v.numpy() for k, v in h.items() if isinstance(k, tuple)},
+        }
+
+
 _STOP = object()
 
 
@@ -143,7 +198,14 @@ class _Sink(threading.Thread):
     def __init__(self, writer, W64: np.ndarray, b64: np.ndarray | None, flush_rows: int, maxsize: int = 4):
         super().__init__(name="ncli-writer", daemon=True)
         self.w, self.W64, self.b64, self.flush_rows = writer, W64, b64, flush_rows
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        # Two C-level SimpleQueues instead of a queue.Queue: Ctrl-C (KeyboardInterrupt, raised
+        # in the main thread between any two bytecodes) can strike inside queue.Queue's Python
+        # code right after it took its lock, leaving the lock held, and cancel() then hung for
+        # ever. SimpleQueue's put/get are single C calls. ``slots`` bounds the batches in flight.
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.slots: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(maxsize):
+            self.slots.put(None)
         self.error: BaseException | None = None
         self.cancelled = False
         self.max_err = 0.0
@@ -156,10 +218,11 @@ class _Sink(threading.Thread):
             if self.error is not None:
                 raise self.error
             try:
-                self.q.put((split, arrays), timeout=0.2)
-                return
-            except queue.Full:
+                self.slots.get(timeout=0.2)  # a free slot (interrupted here: a slot is lost, harmless)
+            except queue.Empty:
                 continue
+            self.q.put((split, arrays))
+            return
 
     def _check(self, H: np.ndarray, Z: np.ndarray) -> None:
         rec = H.astype(np.float64, copy=False) @ self.W64.T
@@ -181,7 +244,11 @@ class _Sink(threading.Thread):
                 item = self.q.get()
                 if item is _STOP or self.cancelled:
                     break
+                self.slots.put(None)
                 split, a = item
+                pending = a.pop("pending", None)
+                if pending is not None:  # CUDA: wait for this batch's device-to-host copy
+                    a.update(pending.wait())
                 self._check(a["features"], a["logits"])
                 buf = self.buffers.get(split)
                 if buf is None:
@@ -202,20 +269,11 @@ class _Sink(threading.Thread):
             raise self.error
 
     def put_stop(self) -> None:
-        while self.is_alive():
-            try:
-                self.q.put(_STOP, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        self.q.put(_STOP)  # never blocks: the queue itself is unbounded
 
     def cancel(self) -> None:
+        """Stop after the batch being written (if any); queued batches are dropped."""
         self.cancelled = True
-        try:
-            while True:
-                self.q.get_nowait()
-        except queue.Empty:
-            pass
         self.put_stop()
         self.join()
 
@@ -239,6 +297,246 @@ def _progress(enabled: bool):
 
 def note(msg: str) -> None:
     print(f"ncli: note: {msg}", file=sys.stderr)
+
+
+@dataclass
+class Job:
+    """Everything set up before the first forward pass (shared by the single-process run and
+    each torchrun rank): output path, opened sources, the model on its device, provenance."""
+
+    out: Path
+    checkpoint: Any
+    sources: list
+    dev: Any
+    prep: Prepared
+    ctx: Any
+    bs: int
+    num_classes: int
+    feature_dim: int
+    weight: np.ndarray
+    bias: np.ndarray | None
+    class_names: list | None
+    attrs: dict
+
+    @property
+    def extractor(self):
+        return self.prep.extractor
+
+    def close(self) -> None:
+        try:
+            self.prep.extractor.close()
+        finally:
+            close_sources(self.sources)
+
+
+def close_sources(sources) -> None:
+    for s in sources:
+        close = getattr(s, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class Written:
+    """What one extraction pass wrote (the summary, and the distributed run's aggregation)."""
+
+    path: Path
+    rows: int
+    elapsed: float
+    max_err: float
+    max_logit: float
+    nonfinite: int
+
+
+def setup(
+    checkpoint, output, data, *, arch=None, arch_args=None, ema=False, trust=False, epoch=None, step=None,
+    classifier=None, layers=(), pool="none", x_key=None, y_key=None, image_size=None, normalize=None,
+    batch_size=256, num_workers=0, device="auto", amp=False, force=False, verbose=True,
+) -> Job:
+    """Checks, sources, model and classifier discovery: everything before the loop. Checks the
+    output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun)."""
+    out = check_output_path(output, force)  # before any work
+    ckpt_path = Path(checkpoint)
+    if ckpt_path.exists() and out.exists() and out.resolve() == ckpt_path.resolve():
+        raise UsageError(f"{out}: the output would replace the checkpoint itself")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    if num_workers < 0:
+        raise UsageError(f"--num-workers {num_workers}: must be 0 or more")
+    if isinstance(data, dict):
+        data = [f"{k}={v}" for k, v in data.items()]
+    from ncli.extract.data import open_sources
+
+    sources = open_sources(list(data), x_key=x_key, y_key=y_key, image_size=image_size, normalize=normalize)
+    ex = None
+    try:
+        for s in sources:
+            if getattr(s, "path", None) is not None and out.exists() and Path(s.path).resolve() == out.resolve():
+                raise UsageError(f"{out}: the output would replace the data file {s.path}")
+        dev = resolve_device(device)
+
+        import torch
+
+        prep = prepare(checkpoint, arch=arch, arch_args=arch_args, ema=ema, trust=trust, classifier=classifier, layers=layers, pool=pool, amp=amp)
+        ckpt, ex = prep.ckpt, prep.extractor
+        ex.to(dev)
+        ctx, amp_dtype = autocast_context(dev, amp)
+        bs = batch_size
+        if ex.fixed_batch is not None and ex.fixed_batch != batch_size:
+            if verbose:
+                note(f"{checkpoint} was exported for batches of exactly {ex.fixed_batch}; using --batch-size {ex.fixed_batch}")
+            bs = ex.fixed_batch
+        with torch.inference_mode(), ctx:
+            first = sources[0].head(min(8, bs))
+            ex.discover(_to_device(first, dev, ex.dtype))
+        C, p = ex.num_classes, ex.feature_dim
+        if C < 1:
+            raise InputError(f"{checkpoint}: the classifier has no outputs")
+        for s in sources:
+            rng = s.label_range()
+            if rng is not None and (rng[0] < 0 or rng[1] >= C):
+                bad = rng[1] if rng[1] >= C else rng[0]
+                raise InputError(
+                    f"--data {s.split}={s.text}: label {bad} is outside the model's {C} classes "
+                    f"(classifier {ex.classifier!r} has {C} outputs; labels must be in [0, {C}))"
+                )
+
+        if verbose and epoch is not None and ckpt.epoch is not None and epoch != ckpt.epoch:
+            note(f"--epoch {epoch} overrides the checkpoint's epoch {ckpt.epoch}")
+        if verbose and step is not None and ckpt.step is not None and step != ckpt.step:
+            note(f"--step {step} overrides the checkpoint's step {ckpt.step}")
+        W = ex.weight.detach()
+        b = None if ex.bias is None else ex.bias.detach()
+        attrs = {
+            "epoch": epoch if epoch is not None else ckpt.epoch,
+            "step": step if step is not None else ckpt.step,
+            "feature_layer": ex.classifier,
+            "source_checkpoint": str(checkpoint),
+            "source_checkpoint_sha256": ckpt.sha256,
+            "checkpoint_form": ckpt.form,
+            "checkpoint_key": ckpt.container_key,
+            "arch": arch,
+            "arch_args": json.dumps(arch_args, sort_keys=True, default=str) if arch_args else None,
+            "ema": bool(ema),
+            "stripped_prefixes": "".join(prep.load_info.get("stripped_prefixes", [])) or None,
+            "dropped_keys": len(prep.load_info.get("dropped_keys", [])) or None,
+            "classifier_found_by": ex.found_by,
+            "extractor": ex.kind,
+            "torch_version": str(torch.__version__),
+            "numpy_version": str(np.__version__),
+            "python_version": platform.python_version(),
+            "device": str(dev),
+            "dtype": str(ex.dtype).replace("torch.", ""),
+            "amp": amp_dtype or "off",
+            "batch_size": int(bs),
+            "data_sources": json.dumps({s.split: s.description for s in sources}, sort_keys=True),
+            "layers": json.dumps(list(layers)) if layers else None,
+            "layer_pool": pool if layers else None,
+            "world_size": 1,
+        }
+        if ex.kind == "torchscript":
+            attrs["first_batch_model_output_error"] = float(ex.first_batch_error or 0.0)
+        attrs = {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+        names = [s.class_names for s in sources if getattr(s, "class_names", None)]
+        class_names = names[0] if names and all(n == names[0] for n in names) and len(names[0]) == C else None
+        return Job(
+            out=out, checkpoint=checkpoint, sources=sources, dev=dev, prep=prep, ctx=ctx, bs=bs, num_classes=C,
+            feature_dim=p, weight=W.cpu().numpy(), bias=None if b is None else b.cpu().numpy(),
+            class_names=class_names, attrs=attrs,
+        )
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        close_sources(sources)
+        raise
+
+
+def write_rows(
+    job: Job, path: Path, rows: dict[str, tuple[int, int]] | None = None, *, force: bool = False,
+    compression: str | None = None, progress: bool = True, flush_rows: int = 8192, num_workers: int = 0,
+    extra_attrs: dict | None = None, progress_label: str = "",
+) -> Written:
+    """Run the model over each source's rows ``rows[split] = (start, stop)`` (default: all) and
+    write them to ``path`` with a FeatureWriter (temp file + rename; abort on error or Ctrl-C).
+    A split whose range is empty is written with zero rows when nothing else is (a torchrun
+    rank with no work still leaves a complete shard)."""
+    import torch
+
+    ex, dev, C, ctx, bs = job.extractor, job.dev, job.num_classes, job.ctx, job.bs
+    W64 = job.weight.astype(np.float64)
+    b64 = None if job.bias is None else job.bias.astype(np.float64)
+    ranges = {s.split: (rows or {}).get(s.split, (0, s.num_samples)) for s in job.sources}
+    attrs = dict(job.attrs, **(extra_attrs or {}))
+    with FeatureWriter(path, num_classes=C, force=force, attrs=attrs, compression=compression) as w:
+        w.set_classifier(job.weight, job.bias)
+        if job.class_names is not None:
+            w.set_class_names(job.class_names)
+        cuda = dev.type == "cuda"
+        d2h = _AsyncDeviceToHost(dev) if cuda else None
+        t0 = time.perf_counter()
+        total = 0
+        sink = _Sink(w, W64, b64, max(flush_rows, bs))
+        sink.start()
+        try:
+            with _progress(progress) as bar, torch.inference_mode(), ctx:
+                for s in job.sources:
+                    start, stop = ranges[s.split]
+                    if stop <= start:
+                        continue
+                    task = bar.add_task(s.split + progress_label, total=stop - start)
+                    for batch in s.batches(bs, num_workers, cuda, start=start, stop=stop):
+                        y = batch.y
+                        if y.size and (y.min() < 0 or y.max() >= C):
+                            i = int(np.argmax((y < 0) | (y >= C)))
+                            raise InputError(
+                                f"--data {s.split}={s.text}: row {int(batch.index[i])}: label {int(y[i])} outside the model's {C} classes"
+                            )
+                        x = batch.x
+                        if cuda and not x.is_pinned():
+                            x = x.pin_memory()  # so the host-to-device copy below is asynchronous
+                        h, z, lay = ex(_to_device(x, dev, ex.dtype))
+                        if d2h is not None:
+                            sink.put(s.split, pending=d2h.start(h, z, lay), labels=y, index=batch.index)
+                        else:
+                            sink.put(
+                                s.split, features=_np_float(h), labels=y, logits=_np_float(z).astype(np.float32, copy=False),
+                                index=batch.index, layers={k: _np_float(v) for k, v in lay.items()},
+                            )
+                        bar.advance(task, len(y))
+                        total += len(y)
+                sink.finish()
+        except BaseException:
+            sink.cancel()  # stop writing before the writer removes the temporary file
+            raise
+        if total == 0:  # only a torchrun rank whose share is empty
+            feat_dtype = np.float64 if str(ex.dtype) == "torch.float64" else np.float32
+            s0 = job.sources[0].split
+            w.append(
+                s0, features=np.zeros((0, job.feature_dim), feat_dtype), labels=np.zeros(0, np.int64),
+                logits=np.zeros((0, C), np.float32), index=np.zeros(0, np.int64),
+            )
+        elapsed = time.perf_counter() - t0
+        w.set_attrs(
+            max_reconstruction_error=float(sink.max_err),
+            max_abs_logit=float(sink.max_logit),
+            nonfinite_feature_rows=int(sink.nonfinite),
+        )
+    return Written(Path(path), total, elapsed, float(sink.max_err), float(sink.max_logit), int(sink.nonfinite))
+
+
+def device_note(spec: str | None, dev) -> None:
+    """Say which device ``--device auto`` picked (stderr)."""
+    if (spec or "auto").strip().lower() == "auto":
+        why = "" if dev.type != "cpu" else " (no CUDA or MPS device found)"
+        note(f"--device auto: using {dev}{why}")
+
+
+def summary(job: Job, rows: int, elapsed: float, extra: str = "") -> None:
+    ex = job.extractor
+    note(
+        f"wrote {job.out}: {rows} samples, p = {job.feature_dim}, C = {job.num_classes}, classifier {ex.classifier!r}, "
+        f"{rows / max(elapsed, 1e-9):,.0f} samples/s{extra}"
+    )
 
 
 def extract(
@@ -268,137 +566,36 @@ def extract(
     progress: bool = True,
     flush_rows: int = 8192,
 ) -> Path:
-    """Extract penultimate features; returns the written path. See ``ncli extract --help``."""
-    out = check_output_path(output, force)  # before any work
-    ckpt_path = Path(checkpoint)
-    if ckpt_path.exists() and out.exists() and out.resolve() == ckpt_path.resolve():
-        raise UsageError(f"{out}: the output would replace the checkpoint itself")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    if num_workers < 0:
-        raise UsageError(f"--num-workers {num_workers}: must be 0 or more")
+    """Extract penultimate features; returns the written path. See ``ncli extract --help``.
+
+    Under torchrun (WORLD_SIZE > 1 in the environment) every process runs this same call: each
+    extracts its share of the batches into a shard and rank 0 assembles OUTPUT (see
+    ``ncli.extract.distributed``)."""
     if compression in ("none", ""):
         compression = None
-    if isinstance(data, dict):
-        data = [f"{k}={v}" for k, v in data.items()]
-    from ncli.extract.data import open_sources
+    options = dict(
+        arch=arch, arch_args=arch_args, ema=ema, trust=trust, epoch=epoch, step=step, classifier=classifier,
+        layers=layers, pool=pool, x_key=x_key, y_key=y_key, image_size=image_size, normalize=normalize,
+        batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
+    )
+    from ncli.extract.distributed import extract_distributed, world_from_env
 
-    sources = open_sources(list(data), x_key=x_key, y_key=y_key, image_size=image_size, normalize=normalize)
-    for s in sources:
-        if getattr(s, "path", None) is not None and out.exists() and Path(s.path).resolve() == out.resolve():
-            raise UsageError(f"{out}: the output would replace the data file {s.path}")
-    dev = resolve_device(device)
-
-    import torch
-
-    prep = prepare(checkpoint, arch=arch, arch_args=arch_args, ema=ema, trust=trust, classifier=classifier, layers=layers, pool=pool, amp=amp)
-    ckpt, ex = prep.ckpt, prep.extractor
-    ex.to(dev)
-    ctx, amp_dtype = autocast_context(dev, amp)
-    bs = batch_size
-    if ex.fixed_batch is not None and ex.fixed_batch != batch_size:
-        note(f"{checkpoint} was exported for batches of exactly {ex.fixed_batch}; using --batch-size {ex.fixed_batch}")
-        bs = ex.fixed_batch
+    world = world_from_env()
+    if world is not None:
+        return extract_distributed(
+            world, checkpoint, output, data, options, compression=compression, progress=progress, flush_rows=flush_rows
+        )
+    job = setup(checkpoint, output, data, verbose=True, **options)
     try:
-        with torch.inference_mode(), ctx:
-            first = sources[0].head(min(8, bs))
-            ex.discover(_to_device(first, dev, ex.dtype))
-        C, p = ex.num_classes, ex.feature_dim
-        if C < 1:
-            raise InputError(f"{checkpoint}: the classifier has no outputs")
-        for s in sources:
-            rng = s.label_range()
-            if rng is not None and (rng[0] < 0 or rng[1] >= C):
-                bad = rng[1] if rng[1] >= C else rng[0]
-                raise InputError(
-                    f"--data {s.split}={s.text}: label {bad} is outside the model's {C} classes "
-                    f"(classifier {ex.classifier!r} has {C} outputs; labels must be in [0, {C}))"
-                )
-
-        if epoch is not None and ckpt.epoch is not None and epoch != ckpt.epoch:
-            note(f"--epoch {epoch} overrides the checkpoint's epoch {ckpt.epoch}")
-        if step is not None and ckpt.step is not None and step != ckpt.step:
-            note(f"--step {step} overrides the checkpoint's step {ckpt.step}")
-        W = ex.weight.detach()
-        b = None if ex.bias is None else ex.bias.detach()
-        attrs = {
-            "epoch": epoch if epoch is not None else ckpt.epoch,
-            "step": step if step is not None else ckpt.step,
-            "feature_layer": ex.classifier,
-            "source_checkpoint": str(checkpoint),
-            "source_checkpoint_sha256": ckpt.sha256,
-            "checkpoint_form": ckpt.form,
-            "checkpoint_key": ckpt.container_key,
-            "arch": arch,
-            "arch_args": json.dumps(arch_args, sort_keys=True, default=str) if arch_args else None,
-            "ema": bool(ema),
-            "stripped_prefixes": "".join(prep.load_info.get("stripped_prefixes", [])) or None,
-            "dropped_keys": len(prep.load_info.get("dropped_keys", [])) or None,
-            "classifier_found_by": ex.found_by,
-            "extractor": ex.kind,
-            "torch_version": str(torch.__version__),
-            "numpy_version": str(np.__version__),
-            "python_version": platform.python_version(),
-            "device": str(dev),
-            "dtype": str(ex.dtype).replace("torch.", ""),
-            "amp": amp_dtype or "off",
-            "batch_size": int(bs),
-            "data_sources": json.dumps({s.split: s.description for s in sources}, sort_keys=True),
-            "layers": json.dumps(list(layers)) if layers else None,
-            "layer_pool": pool if layers else None,
-        }
-        if ex.kind == "torchscript":
-            attrs["first_batch_model_output_error"] = float(ex.first_batch_error or 0.0)
-        W64 = W.double().cpu().numpy()
-        b64 = None if b is None else b.double().cpu().numpy()
-        attrs = {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
-        with FeatureWriter(out, num_classes=C, force=force, attrs=attrs, compression=compression) as w:
-            w.set_classifier(W.cpu().numpy(), None if b is None else b.cpu().numpy())
-            names = [s.class_names for s in sources if getattr(s, "class_names", None)]
-            if names and all(n == names[0] for n in names) and len(names[0]) == C:
-                w.set_class_names(names[0])
-            pin = dev.type == "cuda"
-            t0 = time.perf_counter()
-            total = 0
-            sink = _Sink(w, W64, b64, max(flush_rows, bs))
-            sink.start()
-            try:
-                with _progress(progress) as bar, torch.inference_mode(), ctx:
-                    for s in sources:
-                        task = bar.add_task(s.split, total=s.num_samples)
-                        for batch in s.batches(bs, num_workers, pin):
-                            y = batch.y
-                            if y.size and (y.min() < 0 or y.max() >= C):
-                                i = int(np.argmax((y < 0) | (y >= C)))
-                                raise InputError(
-                                    f"--data {s.split}={s.text}: row {int(batch.index[i])}: label {int(y[i])} outside the model's {C} classes"
-                                )
-                            h, z, lay = ex(_to_device(batch.x, dev, ex.dtype))
-                            sink.put(
-                                s.split, features=_np_float(h), labels=y, logits=_np_float(z).astype(np.float32, copy=False),
-                                index=batch.index, layers={k: _np_float(v) for k, v in lay.items()},
-                            )
-                            bar.advance(task, len(y))
-                            total += len(y)
-                    sink.finish()
-            except BaseException:
-                sink.cancel()  # stop writing before the writer removes the temporary file
-                raise
-            elapsed = time.perf_counter() - t0
-            max_err, nonfinite = sink.max_err, sink.nonfinite
-            w.set_attrs(
-                max_reconstruction_error=float(max_err),
-                max_abs_logit=float(sink.max_logit),
-                nonfinite_feature_rows=int(nonfinite),
-            )
-        if nonfinite:
-            note(f"{out}: {nonfinite} rows of features contain NaN or Inf (the model produced them)")
         if progress:
-            note(f"wrote {out}: {total} samples, p = {p}, C = {C}, classifier {ex.classifier!r}, {total / max(elapsed, 1e-9):,.0f} samples/s")
-        return out
+            device_note(device, job.dev)
+        written = write_rows(
+            job, job.out, force=force, compression=compression, progress=progress, flush_rows=flush_rows, num_workers=num_workers
+        )
+        if written.nonfinite:
+            note(f"{job.out}: {written.nonfinite} rows of features contain NaN or Inf (the model produced them)")
+        if progress:
+            summary(job, written.rows, written.elapsed)
+        return job.out
     finally:
-        ex.close()
-        for s in sources:
-            close = getattr(s, "close", None)
-            if close is not None:
-                close()
+        job.close()
