@@ -57,6 +57,17 @@ def error_exit(message: str, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a KeyboardInterrupt (its cause or context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def reports_errors(func):
     """Decorator for commands: NcliError -> one line + exit code; Ctrl-C -> 130."""
 
@@ -84,6 +95,8 @@ def reports_errors(func):
         except Exception as exc:  # a bug: still one line unless --debug
             if _state["debug"]:
                 raise
+            if _interrupted(exc):  # Ctrl-C wrapped by Python (e.g. RuntimeError from __set_name__)
+                raise error_exit("interrupted", 130) from None
             raise error_exit(
                 f"internal error: {type(exc).__name__}: {exc} (run `ncli --debug ...` for the traceback)", 1
             ) from None

@@ -95,6 +95,9 @@ def validate_record(obj, where: str) -> dict:
     for key in ("epoch", "step"):
         if not _is_int_or_none(obj.get(key)):
             raise InputError(f"{where}: measure record: {key!r} must be an integer or null, not {obj.get(key)!r}")
+    for key in ("layer", "train_split", "global_mean"):
+        if not (obj.get(key) is None or isinstance(obj.get(key), str)):
+            raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")
     metrics = obj.get("metrics")
     if not isinstance(metrics, dict) or not metrics:
         raise InputError(f"{where}: measure record without a 'metrics' object")
@@ -128,6 +131,8 @@ def parse_records(text: str, source: str) -> list[dict]:
         except ValueError as exc:
             snippet = line if len(line) <= 40 else line[:37] + "..."
             raise InputError(f"{where}: not JSON ({exc.__class__.__name__}: {exc}) in {snippet!r}") from None
+        except RecursionError:
+            raise InputError(f"{where}: not an ncli measure record (JSON nested too deeply to read)") from None
         if isinstance(obj, dict) and obj.get("schema") == SCHEMA and isinstance(obj.get("runs"), list):
             for i, rec in enumerate(obj["runs"]):
                 out.append(validate_record(rec, f"{where}, runs[{i}]"))

@@ -291,9 +291,17 @@ def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int =
     tmp = out.with_name(f".ncli-tmp-{os.getpid()}-{secrets.token_hex(4)}-{out.name}")
     try:
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-        if not force and out.exists():
-            raise RefusedError(f"{out}: already exists; pass --force to replace it")
-        os.replace(tmp, out)
+        if force:
+            os.replace(tmp, out)
+        else:
+            try:
+                os.link(tmp, out)  # atomic: fails if the file appeared meanwhile
+            except FileExistsError:
+                raise RefusedError(f"{out}: already exists; pass --force to replace it") from None
+            except OSError:  # no hard links here
+                if out.exists():
+                    raise RefusedError(f"{out}: already exists; pass --force to replace it") from None
+                os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -90,9 +90,10 @@ def test_existing_output_refused_before_the_model_runs(tmp_path, data):
     out.write_bytes(b"precious")
     msg = _one_line_error(invoke("extract", ck, "--arch", arch("Exploding"), "--data", data, "-o", out), 4)
     assert "--force" in msg and out.read_bytes() == b"precious"
-    # with --force the model does run (and fails: internal error 1), and out is left untouched
+    # with --force the model does run (and fails: the user's model raising is an input error, 3,
+    # not an ncli bug), and out is left untouched
     r = invoke("extract", ck, "--arch", arch("Exploding"), "--data", data, "-o", out, "--force")
-    assert r.exit_code == 1 and "the model ran" in r.output and out.read_bytes() == b"precious"
+    assert r.exit_code == 3 and "the model ran" in r.output and out.read_bytes() == b"precious"
 
 
 def test_force_replaces(tmp_path, data):

@@ -62,7 +62,7 @@ def _import_file(path: Path, spec_text: str):
         sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a file that calls sys.exit() is broken, not a way out
         sys.modules.pop(modname, None)
         raise InputError(f"--arch {spec_text}: importing {path} failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -161,7 +161,7 @@ def build_model(spec_text: str, arch_args: dict[str, Any] | None = None):
         model = factory(**kwargs)
     except TypeError as exc:
         raise InputError(f"--arch {where}: calling it with {kwargs or 'no arguments'} failed: {exc} (use --arch-arg key=value)") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise InputError(f"--arch {where}: building the model failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"--arch {where} returned a {type(model).__name__}, not a torch.nn.Module")

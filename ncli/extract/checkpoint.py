@@ -30,6 +30,7 @@ import hashlib
 import io
 import os
 import pickletools
+import re
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -143,23 +144,29 @@ def _global_name(obj) -> str:
 
 def _scan_pickle_globals(path: str) -> list[str]:
     """Static scan (no code runs) of the GLOBALs of the pickles at the start of a legacy file."""
-    found: list[str] = []
     with open(path, "rb") as f:
-        for _ in range(4):  # magic, protocol, sys_info, the object
-            strings: list[str] = []
-            try:
-                for op, arg, _pos in pickletools.genops(f):
-                    if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                        strings.append(str(arg))
-                    elif op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-                    if op.name == "STOP":
-                        break
-            except Exception:
-                break
-    return found
+        return _scan_pickle_stream(f, 4)  # magic, protocol, sys_info, the object
+
+
+def _scan_pickle_stream(f, count: int) -> list[str]:
+    """The GLOBALs named by the next ``count`` pickles in ``f`` (pickletools: nothing runs)."""
+    found: list[str] = []
+    for _ in range(count):
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(f):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if op.name == "STOP":
+                    break
+        except Exception:
+            break
+    # protocol-2 pickles name builtins by their Python 2 module (what unpickling imports)
+    return [("builtins." + n[len("__builtin__."):]) if n.startswith("__builtin__.") else n for n in found]
 
 
 def unsafe_globals(path: str) -> list[str]:
@@ -321,7 +328,7 @@ def interpret(obj, path: str, ema: bool) -> tuple[dict | None, Any, str | None, 
         shown = ", ".join(top[:20]) + (" ..." if len(top) > 20 else "")
         raise InputError(
             f"{path}: no state_dict found (a dict of tensors, at the top or under "
-            f"{', '.join(STATE_DICT_KEYS)}); the file has keys: {shown}"
+            f"{', '.join(STATE_DICT_KEYS)}); the file has keys: {shown or 'none (an empty dict)'}"
         )
     return got[0], got[1], got[2], epoch, step, top
 
@@ -371,8 +378,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, ema: bool =
                 what = "is a whole pickled model (torch.save(model))"
             raise _refuse_unsafe(path, names, what) from None
         obj = _torch_load_trusted(path)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read the checkpoint, truncated or damaged? ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # any failure of the weights-only unpickler on damaged bytes
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: cannot read the checkpoint, truncated or damaged? ({type(exc).__name__}: {detail})") from None
     sd, module, key, epoch, step, top = interpret(obj, path, ema)
     if module is not None:
         if not trust:  # cannot happen: modules never pass weights_only; kept as a guard
@@ -418,9 +426,28 @@ def _load_torchscript(path: str, digest: str, ema: bool) -> Checkpoint:
     return Checkpoint(path, "torchscript", digest, None, sm.eval(), None)
 
 
+class _NoPickle:
+    """Stands in for the ``pickle`` module inside torch.export's archive reader, which
+    unpickles "opaque" constants with plain ``pickle.loads``: they are refused, never run."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def _refuse(self, *args, **kwargs):
+        raise self._real.UnpicklingError("the program holds a pickled Python object (an opaque constant)")
+
+    loads = load = _refuse
+
+
 @contextmanager
 def _force_weights_only():
-    """Make every torch.load inside torch.export.load use weights_only=True."""
+    """Make every torch.load inside torch.export.load use weights_only=True, and refuse the
+    plain pickles the archive reader would otherwise load."""
+    import pickle
+
     import torch
 
     orig = torch.load
@@ -430,11 +457,83 @@ def _force_weights_only():
         with torch.serialization.safe_globals(_extra_safe_globals()):
             return orig(*args, **kwargs)
 
+    try:
+        from torch.export.pt2_archive import _package as pt2_package
+    except ImportError:  # older torch: no archive reader of its own
+        pt2_package = None
+    orig_pickle = getattr(pt2_package, "pickle", None)
     torch.load = safe_load
+    if orig_pickle is not None:
+        pt2_package.pickle = _NoPickle(pickle)
     try:
         yield
     finally:
         torch.load = orig
+        if orig_pickle is not None:
+            pt2_package.pickle = orig_pickle
+
+
+# Names a shape formula of a .pt2 program may use: what sympy's srepr writes (torch stores the
+# formulas that way) and the keyword arguments of its constructors. torch.export.load parses the
+# formulas with sympy.sympify, which evaluates a string as Python: a formula with any other name,
+# attribute access or subscript could run arbitrary code, so it is refused without trust.
+_SHAPE_NAMES = frozenset(
+    """Symbol Dummy Integer Rational Float Add Mul Pow Mod Max Min Abs floor ceiling sqrt
+    Eq Ne Lt Le Gt Ge Equality Unequality StrictLessThan LessThan StrictGreaterThan GreaterThan
+    And Or Not Xor Piecewise ExprCondPair Tuple true false BooleanTrue BooleanFalse
+    oo zoo nan Infinity NegativeInfinity NaN ComplexInfinity One Zero NegativeOne Half
+    True False None positive negative nonpositive nonnegative nonzero zero integer real rational
+    finite infinite extended_real commutative even odd prime composite precision evaluate""".split()
+)
+_SHAPE_OPS = frozenset({"(", ")", ",", "=", "+", "-", "*", "/", "**", "%"})
+_SHAPE_STRING = re.compile(r"^'[A-Za-z0-9_.+\-]*'$")
+
+
+def _plain_shape_formula(text: str, names) -> bool:
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER):
+                continue
+            if tok.type == tokenize.NAME and (tok.string in _SHAPE_NAMES or tok.string in names):
+                continue
+            if tok.type == tokenize.STRING and _SHAPE_STRING.match(tok.string):
+                continue
+            if tok.type == tokenize.OP and tok.string in _SHAPE_OPS:
+                continue
+            return False
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return False
+    return True
+
+
+class _UnsafeProgram(Exception):
+    pass
+
+
+@contextmanager
+def _plain_shape_formulas():
+    """While a .pt2 program loads untrusted: sympy.sympify only parses plain shape formulas."""
+    import sympy
+
+    orig = sympy.sympify
+    refused: list[str] = []
+
+    def guarded(a, *args, **kwargs):
+        if isinstance(a, str):
+            local = kwargs.get("locals") or (args[0] if args and isinstance(args[0], dict) else {})
+            names = {k for k, v in local.items() if k.isidentifier() and not k.startswith("_")} if isinstance(local, dict) else set()
+            if not _plain_shape_formula(a, names):
+                refused.append(a)
+                raise _UnsafeProgram(a)
+        return orig(a, *args, **kwargs)
+
+    sympy.sympify = guarded
+    try:
+        yield refused
+    finally:
+        sympy.sympify = orig
 
 
 def _pt2_unsafe_globals(path: str) -> list[str]:
@@ -447,8 +546,15 @@ def _pt2_unsafe_globals(path: str) -> list[str]:
         with zipfile.ZipFile(path) as z:
             for n in z.namelist():
                 with z.open(n) as f:
-                    if f.read(4) != b"PK\x03\x04":
-                        continue
+                    head = f.read(4)
+                if head[:1] == b"\x80" and n.rsplit("/", 1)[-1].startswith("opaque_obj_"):
+                    with z.open(n) as f:  # a plain pickle the reader would load: scan it
+                        for g in _scan_pickle_stream(f, 1):
+                            if g not in extra and g not in names:
+                                names.append(g)
+                    continue
+                if head != b"PK\x03\x04":
+                    continue
                 data = z.read(n)
                 try:
                     for g in torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)):
@@ -468,13 +574,22 @@ def _load_pt2(path: str, digest: str, trust: bool, ema: bool) -> Checkpoint:
 
     if ema:
         raise UsageError(f"{path}: --ema does not apply to a torch.export program")
+    refused: list[str] = []
     try:
         with _quiet():
             if trust:
                 ep = torch.export.load(path)
             else:
-                with _force_weights_only():
+                with _force_weights_only(), _plain_shape_formulas() as refused:
                     ep = torch.export.load(path)
+                if refused:  # torch caught the refusal and went on: still refused
+                    raise _UnsafeProgram(refused[0])
+    except _UnsafeProgram:
+        shown = refused[0] if len(refused[0]) <= 80 else refused[0][:77] + "..."
+        raise RefusedError(
+            f"{path}: is a torch.export program with a shape formula that is not plain sympy ({shown!r}); "
+            "loading it would evaluate that text as Python. Load it only if you trust its source: pass --trust-checkpoint"
+        ) from None
     except pickle.UnpicklingError:
         raise _refuse_unsafe(path, _pt2_unsafe_globals(path), "is a torch.export program with pickled Python objects") from None
     except Exception as exc:

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ncli.errors import RefusedError, UsageError
+from ncli.errors import InputError, NcliError, RefusedError, UsageError
 
 POOLS = ("none", "avg", "max")
 
@@ -95,8 +95,43 @@ def reconstruction_bound(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | Non
     return bound
 
 
+class ForwardFailed(InputError):
+    """The model raised on the first batch (the inputs do not fit it, or it is broken)."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
+def first_forward(fn, x: torch.Tensor):
+    """Run the model on the first batch; its failure (inputs that do not fit the model, or a
+    model that raises) is the user's input problem, reported in one line, not an ncli bug."""
+    try:
+        return fn(x)
+    except (NcliError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        raise ForwardFailed(
+            f"the model fails on the first batch (inputs of shape {tuple(x.shape)}, "
+            f"{str(x.dtype).replace('torch.', '')}): {cause}",
+            cause,
+        ) from None
+
+
 def check_reconstruction(name: str, h, z, W, b, amp: bool) -> float:
-    """max |h·Wᵀ + b − z|; refuse when it is beyond floating point rounding."""
+    """max |h·Wᵀ + b − z| over the batch's finite feature rows; refuse when it is beyond
+    floating point rounding. Rows with NaN/Inf features (NaN inputs, or a model that makes
+    them) are not a sign of a non-linear head: extract records them, and measure refuses them."""
+    if isinstance(h, torch.Tensor) and isinstance(z, torch.Tensor) and h.ndim == 2 and z.ndim >= 1 and h.shape[0] == z.shape[0]:
+        finite = torch.isfinite(h.detach()).all(dim=1)
+        if not bool(finite.all()):
+            if not bool(finite.any()):
+                raise InputError(
+                    f"classifier {name!r}: every feature row of the first batch is NaN or Inf (NaN or Inf in the inputs?); "
+                    "cannot check that features·Wᵀ + b gives the model's output"
+                )
+            h, z = h[finite], z[finite]
     rec = F.linear(h.detach().double(), W.detach().double(), None if b is None else b.detach().double())
     err = (rec - z.detach().double()).abs().max().item() if z.numel() else 0.0
     bound = reconstruction_bound(h, W, b)
@@ -195,7 +230,7 @@ class EagerExtractor(Extractor):
 
         handles = [self.modules[n].register_forward_hook(make(n), with_kwargs=True) for n in self.linear_names]
         try:
-            out = self.model(x)
+            out = first_forward(self.model, x)
         finally:
             for h in handles:
                 h.remove()
@@ -406,7 +441,7 @@ class ScriptExtractor(Extractor):
         if W.ndim != 2:
             raise RefusedError(f"{self.path}: classifier {self.classifier!r} has a weight of shape {tuple(W.shape)}")
         self.weight, self.bias = W, b
-        ref, how = output_tensor(self.sm(x))
+        ref, how = output_tensor(first_forward(self.sm, x))
         if ref is None:
             raise RefusedError(f"{self.path}: cannot find the logits: {how}")
         p = W.shape[1]
@@ -582,7 +617,7 @@ class ExportExtractor(Extractor):
         return self
 
     def discover(self, x: torch.Tensor) -> None:
-        h, z, _ = self(x)
+        h, z, _ = first_forward(self, x)
         if h.ndim != 2 or h.shape[0] != x.shape[0]:
             raise RefusedError(f"{self.path}: classifier {self.classifier!r} receives input of shape {tuple(h.shape)}; ncli needs (N, p)")
         self.first_batch_error = check_reconstruction(self.classifier, h, z, self.weight, self.bias, self.amp)

@@ -46,7 +46,7 @@ def inspect_checkpoint(checkpoint, *, arch=None, arch_args=None, ema=False, trus
     import torch
 
     from ncli.extract.checkpoint import load_checkpoint
-    from ncli.extract.discover import static_linear_guess
+    from ncli.extract.discover import ForwardFailed, static_linear_guess
     from ncli.extract.run import prepare
 
     rec: dict[str, Any] = {"checkpoint": str(checkpoint)}
@@ -82,6 +82,10 @@ def inspect_checkpoint(checkpoint, *, arch=None, arch_args=None, ema=False, trus
                 xx = x if x.is_floating_point() is False else x.to(ex.dtype)
                 ex.discover(xx)
             ran = how
+        except ForwardFailed as exc:
+            if data or input_shape:
+                raise
+            rec["forward_error"] = exc.cause[:200]  # a guessed input: report it, do not fail
         except NcliError:
             raise
         except Exception as exc:

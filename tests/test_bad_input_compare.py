@@ -1,0 +1,218 @@
+"""The bad-input matrix for ``ncli compare`` (issue 5): every case exits with the documented
+code, one or two lines on stderr starting ``ncli: error:`` (typer's own parser errors, exit 2,
+print its usage box), no traceback, nothing on stdout, and every existing file byte-identical.
+
+tests/test_compare.py already covers: no inputs, garbage on stdin, a JSON line of another
+schema or with a non-numeric metric, a missing file, empty stdin, --json with --csv, '-' twice,
+a binary blob, an existing --plot target (exit code), a bad --plot suffix, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ncli.cli import app
+from test_bad_input import CASES as MEASURE_CASES
+from test_bad_input import _valid
+
+runner = CliRunner()
+
+
+def snapshot(root):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def check_clean_failure(res, code, needle, root, before):
+    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
+    assert "Traceback" not in res.stdout + res.stderr
+    assert res.stdout == "", res.stdout  # everything is loaded before anything is printed
+    lines = res.stderr.strip().splitlines()
+    if code == 2 and lines and lines[0].startswith("Usage:"):
+        assert "Error" in res.stderr
+    else:
+        assert 1 <= len(lines) <= 2 and lines[0].startswith("ncli: error: "), res.stderr
+    if needle is not None:
+        assert needle in res.stderr, res.stderr
+    assert snapshot(root) == before
+    assert not list(root.rglob(".ncli-tmp-*"))
+
+
+def _compare(*args, input=None):
+    return runner.invoke(app, ["compare", *[str(a) for a in args]], input=input)
+
+
+@pytest.fixture
+def good(tmp_path, rng):
+    return _valid(tmp_path / "good.h5", rng)
+
+
+@pytest.fixture
+def record(good):
+    res = runner.invoke(app, ["measure", str(good), "--json"])
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+# -------------------------------------------------------------------- the measure matrix, through compare
+
+
+COMPARE_ARGS = {"unknown split": ["--split", "val"]}
+SKIP = {"unknown layer", "bad option value"}  # measure options compare does not have
+
+
+@pytest.mark.parametrize("case", [c for c in MEASURE_CASES if c not in SKIP])
+def test_compare_bad_feature_file(tmp_path, rng, good, case):
+    """A bad feature file among good ones fails the whole comparison, naming it."""
+    mutate, _extra, code, needle = MEASURE_CASES[case]
+    bad = _valid(tmp_path / "bad.h5", rng)
+    if mutate is not None:
+        with h5py.File(bad, "a") as f:
+            mutate(f)
+    before = snapshot(tmp_path)
+    res = _compare(good, bad, *COMPARE_ARGS.get(case, []))
+    check_clean_failure(res, code, needle, tmp_path, before)
+    assert "good.h5" in res.stderr or str(bad) in res.stderr
+
+
+# -------------------------------------------------------------------- files that are no input
+
+
+def _truncated(tmp_path, good):
+    p = tmp_path / "trunc.h5"
+    p.write_bytes(good.read_bytes()[:1500])
+    return p
+
+
+def _plain_h5(tmp_path, good):
+    p = tmp_path / "plain.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.zeros((4, 3))
+    return p
+
+
+FILE_CASES = {
+    "a directory": (lambda t, g: t, 3, "is a directory"),
+    "a missing file among good ones": (lambda t, g: t / "missing.h5", 3, "no such file"),
+    "a truncated HDF5 file": (_truncated, 3, "trunc.h5"),
+    "an HDF5 file that is not a feature file": (_plain_h5, 3, "not an ncli feature file"),
+    "a text file that is not JSON": (lambda t, g: (t / "n.txt").write_text("epoch,nc1\n1,0.5\n") and t / "n.txt", 3, "line 1: not JSON"),
+    "an empty file": (lambda t, g: (t / "e.jsonl").write_bytes(b"") or t / "e.jsonl", 3, "no ncli measure records"),
+    "latin-1 text": (lambda t, g: (t / "l.txt").write_bytes("épreuve".encode("latin-1")) and t / "l.txt", 3, "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_compare_input_that_is_no_input(tmp_path, good, case):
+    make, code, needle = FILE_CASES[case]
+    target = make(tmp_path, good)
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare(good, target), code, needle, tmp_path, before)
+
+
+# -------------------------------------------------------------------- records of the wrong schema
+
+
+def _with(record, **changes):
+    r = json.loads(json.dumps(record))
+    for k, v in changes.items():
+        r[k] = v
+    return r
+
+
+RECORD_CASES = {
+    "a JSON number": (lambda r: "3", "expected an object"),
+    "a JSON string": (lambda r: json.dumps("ncli.measure/1"), "expected an object"),
+    "wrong schema version": (lambda r: json.dumps(_with(r, schema="ncli.measure/9")), "schema 'ncli.measure/9'"),
+    "file not a string": (lambda r: json.dumps(_with(r, file=7)), "'file' string"),
+    "epoch a string": (lambda r: json.dumps(_with(r, epoch="10")), "'epoch' must be an integer"),
+    "epoch a bool": (lambda r: json.dumps(_with(r, epoch=True)), "'epoch' must be an integer"),
+    "no metrics": (lambda r: json.dumps(_with(r, metrics={})), "'metrics' object"),
+    "metrics a list": (lambda r: json.dumps(_with(r, metrics=[1, 2])), "'metrics' object"),
+    "splits missing": (lambda r: json.dumps({k: v for k, v in r.items() if k != "splits"}), "'splits' object"),
+    "a split not an object": (lambda r: json.dumps(_with(r, splits={"train": 3})), "split 'train' is not an object"),
+    "a split value not a number": (lambda r: json.dumps(_with(r, splits={"train": {"accuracy": "high"}})), "'accuracy'"),
+    "layer not a string": (lambda r: json.dumps(_with(r, layer={"a": 1})), "'layer' must be a string"),
+    "train_split not a string": (lambda r: json.dumps(_with(r, train_split=[1])), "'train_split' must be a string"),
+    "a compare object with a bad run": (lambda r: json.dumps({"schema": "ncli.compare/1", "runs": [r, {"x": 1}]}), "runs[1]"),
+    "JSON nested too deeply": (lambda r: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "truncated JSON": (lambda r: json.dumps(r)[:-10], "not JSON"),
+    "two records on one line": (lambda r: json.dumps(r) + " " + json.dumps(r), "not JSON"),
+}
+
+
+@pytest.mark.parametrize("via", ["stdin", "file"])
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+def test_compare_records_of_the_wrong_schema(tmp_path, record, case, via):
+    make, needle = RECORD_CASES[case]
+    text = json.dumps(record) + "\n" + make(record) + "\n"  # the bad line is line 2
+    if via == "stdin":
+        before = snapshot(tmp_path)
+        res = _compare("-", "--by", "layer", input=text) if case == "layer not a string" else _compare("-", input=text)
+        where = "stdin line 2"
+    else:
+        f = tmp_path / "records.jsonl"
+        f.write_text(text)
+        before = snapshot(tmp_path)
+        res = _compare(f, "--by", "layer") if case == "layer not a string" else _compare(f)
+        where = f"{f} line 2"
+    check_clean_failure(res, 3, needle, tmp_path, before)
+    assert where in res.stderr
+
+
+def test_garbage_bytes_on_stdin(tmp_path, good):
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare("-", input=b"\xff\xfe\x00\x01garbage"), 3, "stdin: not UTF-8", tmp_path, before)
+    check_clean_failure(_compare("-", input=good.read_bytes()), 3, "stdin: holds an HDF5 file", tmp_path, before)
+    check_clean_failure(_compare("-", input="\x00" * 64 + "\n"), 3, "stdin line 1: not JSON", tmp_path, before)
+
+
+# -------------------------------------------------------------------- options and the --plot target
+
+
+def test_existing_plot_target_is_byte_identical(tmp_path, good):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "fig.png"
+    target.write_bytes(b"not really a png, but mine")
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare(good, "--plot", target), 4, "--force", tmp_path, before)
+    # refused before measuring anything: a bad input is not even looked at
+    check_clean_failure(_compare(tmp_path / "missing.h5", "--plot", target), 4, "--force", tmp_path, before)
+
+
+PLOT_CASES = {
+    "--plot in a missing folder": (lambda t: t / "no" / "fig.png", 3, "does not exist"),
+    "--plot is a directory named like a figure": (lambda t: (t / "dir.png").mkdir() or t / "dir.png", 3, "is a directory"),
+    "--plot without a figure suffix": (lambda t: t / "fig.gif", 2, ".png, .pdf or .svg"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLOT_CASES))
+def test_bad_plot_target(tmp_path, good, case):
+    pytest.importorskip("matplotlib")
+    make, code, needle = PLOT_CASES[case]
+    target = make(tmp_path)
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare(good, "--plot", target), code, needle, tmp_path, before)
+
+
+OPTION_CASES = {
+    "unknown option": (["--bogus"], 2, "--bogus"),
+    "unknown --order": (["--order", "name"], 2, "name"),
+    "unknown --by": (["--by", "epoch"], 2, "epoch"),
+    "--chunk-rows 0": (["--chunk-rows", "0"], 2, "--chunk-rows"),
+    "--split that the records were not measured with": (["--split", "test"], 2, "measured with --split train"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_options(tmp_path, good, record, case):
+    extra, code, needle = OPTION_CASES[case]
+    before = snapshot(tmp_path)
+    res = _compare("-", *extra, input=json.dumps(record) + "\n")
+    check_clean_failure(res, code, needle, tmp_path, before)
