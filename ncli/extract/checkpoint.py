@@ -208,7 +208,7 @@ def _torch_load_trusted(path: str):
 
     try:
         with _quiet():
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)  # only with --trust-checkpoint
     except ModuleNotFoundError as exc:
         raise InputError(
             f"{path}: the pickled model needs module {exc.name!r}, which cannot be imported here; "
