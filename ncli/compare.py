@@ -27,7 +27,7 @@ from typing import IO, Iterable
 from rich.table import Table
 
 from ncli.errors import InputError, UsageError
-from ncli.report import _clean, fmt
+from ncli.report import _clean, fmt, run_label_parts
 
 SCHEMA = "ncli.compare/1"
 MEASURE_SCHEMA = "ncli.measure/1"
@@ -391,14 +391,7 @@ def run_label(rec: dict, by: str = "run", folder: str | None = None) -> str:
     name = rec["file"]
     if folder is not None and os.path.dirname(name) == folder:
         name = os.path.basename(name)
-    bits = [name]
-    if by == "run_layer" and rec.get("layer"):
-        bits.append(f"layer {rec['layer']}")
-    if rec.get("epoch") is not None:
-        bits.append(f"epoch {rec['epoch']}")
-    if rec.get("step") is not None:
-        bits.append(f"step {rec['step']}")
-    return "\n".join(bits)
+    return "\n".join(run_label_parts(rec, name=name, with_layer=(by == "run_layer")))
 
 
 def _run_label_mode(records: list[dict]) -> str:

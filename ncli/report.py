@@ -72,15 +72,20 @@ def make_console(file=None) -> Console:
     return Console(file=file, width=10_000, color_system=None, force_terminal=False, soft_wrap=False)
 
 
-def _title(rec: dict) -> str:
-    bits = [rec["file"]]
-    if rec.get("layer"):
+def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True) -> list[str]:
+    """[file (or ``name``), "layer L", "epoch E", "step S"] for headings and column heads."""
+    bits = [rec["file"] if name is None else name]
+    if with_layer and rec.get("layer"):
         bits.append(f"layer {rec['layer']}")
     if rec.get("epoch") is not None:
         bits.append(f"epoch {rec['epoch']}")
     if rec.get("step") is not None:
         bits.append(f"step {rec['step']}")
-    return "  ".join(bits)
+    return bits
+
+
+def _title(rec: dict) -> str:
+    return "  ".join(run_label_parts(rec))
 
 
 def metrics_table(records: list[dict]) -> Table:
@@ -89,7 +94,7 @@ def metrics_table(records: list[dict]) -> Table:
     table.add_column("metric", no_wrap=True)
     table.add_column("meaning", no_wrap=True, style="dim")
     for rec in records:
-        head = "value" if single else _title(rec).replace("  ", "\n")
+        head = "value" if single else "\n".join(run_label_parts(rec))
         table.add_column(head, justify="right", no_wrap=True)
     for key in records[0]["metrics"]:
         table.add_row(key, CAPTIONS.get(key, ""), *[fmt(r["metrics"].get(key)) for r in records])

@@ -17,7 +17,7 @@ O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -201,7 +201,18 @@ class SplitResult:
     ss_within: np.ndarray | None = None  # (C,) Σ ‖h − μ_c‖²   (accumulated split only)
     proj_ss: np.ndarray | None = None  # (k,) Σ (u_jᵀ (h − μ_y))²
     has_classifier: bool = False
-    extra: dict = field(default_factory=dict)
+
+    def count(self, y: np.ndarray, y_ncc: np.ndarray, y_net: np.ndarray | None) -> None:
+        """Add one block's decisions (labels, NCC decisions, network decisions or None)."""
+        C = self.class_counts.shape[0]
+        self.num_samples += y.shape[0]
+        self.class_counts += np.bincount(y, minlength=C)
+        self.ncc_correct += int(np.count_nonzero(y_ncc == y))
+        if y_net is not None:
+            self.net_correct += int(np.count_nonzero(y_net == y))
+            dis = y_net != y_ncc
+            self.disagree += int(np.count_nonzero(dis))
+            self.disagree_per_class += np.bincount(y[dis], minlength=C)
 
 
 def evaluate_split(
@@ -293,12 +304,5 @@ def evaluate_split(
         y_ncc = np.argmax(score, axis=1)
         tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + ncc_atol
         _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
-        res.num_samples += y.shape[0]
-        res.class_counts += seg.counts(C)
-        res.ncc_correct += int(np.count_nonzero(y_ncc == y))
-        if have_w:
-            res.net_correct += int(np.count_nonzero(y_net == y))
-            dis = y_net != y_ncc
-            res.disagree += int(np.count_nonzero(dis))
-            res.disagree_per_class += np.bincount(y[dis], minlength=C)
+        res.count(y, y_ncc, y_net)
     return res

@@ -121,20 +121,14 @@ def evaluate_split(
         y_ncc = np.argmax(score, axis=1)
         Hh = ch.features
         _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hh[rows], means))
-        yh = ch.labels
-        res.num_samples += yh.shape[0]
-        res.class_counts += np.bincount(yh, minlength=C)
-        res.ncc_correct += int(np.count_nonzero(y_ncc == yh))
+        y_net = None
         if have_w:
             logits = H @ Wt.T + bt
             tol = (TIE_RTOL * (torch.linalg.vector_norm(H, dim=1) * max_norm_w + max_b)).cpu().numpy()
             logits = logits.cpu().numpy()
             y_net = np.argmax(logits, axis=1)
             _settle_near_ties(logits, y_net, tol, lambda rows: Hh[rows].astype(np.float64) @ W.T + b)
-            res.net_correct += int(np.count_nonzero(y_net == yh))
-            dis = y_net != y_ncc
-            res.disagree += int(np.count_nonzero(dis))
-            res.disagree_per_class += np.bincount(yh[dis], minlength=C)
+        res.count(ch.labels, y_ncc, y_net)
     if accumulate:
         res.ss_within = ss.cpu().numpy()
         res.proj_ss = proj.cpu().numpy()
