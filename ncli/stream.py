@@ -27,7 +27,7 @@ from ncli.metrics import BetweenBasis
 
 
 BLOCK_ROWS = 2048  # most rows per computational block (blocks fix the float64 summation order)
-BLOCK_BYTES = 32 << 20  # a block's widest float64 work array stays about this size
+BLOCK_BYTES = 16 << 20  # a block's widest float64 work array stays about this size
 
 
 def block_rows(p: int, C: int) -> int:
@@ -297,7 +297,9 @@ def evaluate_split(
             res.proj_ss += np.einsum("ij,ij->j", Z, Z)
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
         # (scores in float32; rivals within the float32 error bound are decided exactly)
-        E = Z + coords[y]  # h − μ_G in U coordinates
+        E = Z  # h − μ_G in U coordinates, in place (Z is not needed any more)
+        for c, lo, hi in seg:
+            E[lo:hi] += coords[c]
         score = E.astype(np.float32) @ coords32  # float32 (n, C), scratch
         score *= 2.0
         score -= sq_norm_m32  # argmax = nearest centre
