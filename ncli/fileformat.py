@@ -364,13 +364,6 @@ class FeatureFile:
                 yield Chunk(start, H, y)
 
 
-def first_nonfinite_row(H: np.ndarray) -> int | None:
-    bad = ~np.isfinite(H).all(axis=1)
-    if bad.any():
-        return int(np.argmax(bad))
-    return None
-
-
 # ---------------------------------------------------------------------------------------
 # Writer
 # ---------------------------------------------------------------------------------------
@@ -562,7 +555,9 @@ class FeatureWriter:
                 raise ValueError(f"{group.name}/{name}: first append must start the split")
             row_shape = data.shape[1:]
             row_items = int(np.prod(row_shape)) if row_shape else 1
-            rows = rows_per_chunk(row_items, data.dtype.itemsize)
+            # ~1 MiB of whole rows, but no larger than needed when the first append is small
+            # (a tiny split then stays tiny on disk; streaming appends keep >= 256-row chunks)
+            rows = min(rows_per_chunk(row_items, data.dtype.itemsize), max(256, data.shape[0]))
             group.create_dataset(
                 name,
                 shape=(0,) + row_shape,
