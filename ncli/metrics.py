@@ -146,6 +146,20 @@ def _finite_or_none(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _nc2(G: np.ndarray, which: str) -> dict:
+    """Equinorm, equiangularity, max-angle and ETF distance of vectors with Gram matrix G
+    (``which`` = "means" or "classifiers" names the keys)."""
+    C = G.shape[0]
+    norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    cos = _cosines(G)
+    return {
+        f"equinorm_{which}": _finite_or_none(_std(norms) / norms.mean()) if norms.mean() > 0 else None,
+        f"equiangular_{which}": _finite_or_none(_std(cos)) if C > 2 else None,  # one pair: no spread
+        f"maxangle_{which}": _finite_or_none(np.mean(np.abs(cos + 1.0 / (C - 1)))),
+        f"etf_distance_{which}": _etf_distance(G),
+    }
+
+
 def collapse_metrics(
     *,
     counts: np.ndarray,
@@ -196,25 +210,14 @@ def collapse_metrics(
     out["cdnv"] = float(np.mean((sigma2[i] + sigma2[j]) / (2.0 * dist2))) if np.all(dist2 > 0) else None
 
     # --- NC2 (means)
-    norms_m = np.sqrt(np.clip(np.diag(Gm), 0.0, None))
-    out["equinorm_means"] = _finite_or_none(_std(norms_m) / norms_m.mean()) if norms_m.mean() > 0 else None
-    cos_m = _cosines(Gm)
-    out["equiangular_means"] = _finite_or_none(_std(cos_m)) if C > 2 else None
-    out["maxangle_means"] = _finite_or_none(np.mean(np.abs(cos_m + 1.0 / (C - 1))))
-    out["etf_distance_means"] = _etf_distance(Gm)
+    out.update(_nc2(Gm, "means"))
 
     # --- NC2 (classifier) and NC3
     if W is None:
         for k in CLASSIFIER_METRICS:
             out[k] = None
         return out
-    Gw = W @ W.T
-    norms_w = np.sqrt(np.clip(np.diag(Gw), 0.0, None))
-    out["equinorm_classifiers"] = _finite_or_none(_std(norms_w) / norms_w.mean()) if norms_w.mean() > 0 else None
-    cos_w = _cosines(Gw)
-    out["equiangular_classifiers"] = _finite_or_none(_std(cos_w)) if C > 2 else None
-    out["maxangle_classifiers"] = _finite_or_none(np.mean(np.abs(cos_w + 1.0 / (C - 1))))
-    out["etf_distance_classifiers"] = _etf_distance(Gw)
+    out.update(_nc2(W @ W.T, "classifiers"))
     # self-duality: ‖ Wᵀ/‖W‖_F − M/‖M‖_F ‖_F²  with M = [μ_c − μ_G] as columns (p × C)
     nW = np.linalg.norm(W)
     nM = np.linalg.norm(Mc)
