@@ -73,9 +73,10 @@ def measure_file(
 
         dev = stream_torch.resolve_device(device.removeprefix("torch:"))
     threads = resolve_threads(threads)
-    # With two or more threads the second pass runs as a two-stage pipeline; each stage's
-    # BLAS calls get half the threads (two concurrent multi-threaded BLAS calls thrash).
-    blas_threads = max(1, threads // 2) if threads >= 2 else 1
+    # Blocks are spread over worker threads, each with single-threaded BLAS (concurrent
+    # multi-threaded BLAS calls thrash); results do not depend on the number of workers.
+    workers = threads
+    blas_threads = 1
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
     with FeatureFile(path) as ff:
@@ -96,7 +97,7 @@ def measure_file(
         names = ff.class_names()
 
         if dev is None:
-            counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, pipeline=threads >= 2)
+            counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, workers=workers)
         else:
             counts, sums = stream_torch.class_sums(ff, split, device=dev, chunk_rows=chunk_rows, layer=layer)
         try:
@@ -126,7 +127,7 @@ def measure_file(
                     accumulate=(s == split),
                     chunk_rows=chunk_rows,
                     layer=layer,
-                    pipeline=threads >= 2,
+                    workers=workers,
                 )
         train = results[split]
         metrics = M.collapse_metrics(

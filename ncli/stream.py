@@ -16,6 +16,8 @@ O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,33 +61,29 @@ def blocks(ff: FeatureFile, split: str, chunk_rows: int | None = None, layer: st
             yield Chunk(ch.start + off, ch.features[sl], ch.labels[sl])
 
 
-_DONE = object()
+def ordered_map(fn, items, workers: int = 1):
+    """Yield ``fn(item)`` for each item, in order, computed by ``workers`` threads.
 
-
-def _pipelined(items, fn):
-    """Yield ``fn(item, slot)`` for each item, in order, computing the next one in a worker
-    thread while the caller works on the current one (numpy and BLAS release the GIL).
-
-    ``slot`` alternates 0, 1: ``fn`` may write into a buffer per slot, since the item that
-    used the same slot has been fully consumed by the time it is reused. The same operations
-    run in the same order as without the thread, so results are bit-identical.
+    Each block is processed whole by one thread (its arrays stay in that core's cache; numpy
+    and BLAS release the GIL), and the caller adds the small per-block results in block
+    order, so the float64 sums are bit-identical whatever the number of workers. At most
+    2 × workers blocks are in flight.
     """
-    it = iter(items)
-
-    def step(slot: int):
-        item = next(it, _DONE)
-        return _DONE if item is _DONE else fn(item, slot)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncli-prep") as pool:
-        slot = 0
-        pending = pool.submit(step, slot)
-        while True:
-            out = pending.result()
-            if out is _DONE:
-                return
-            slot ^= 1
-            pending = pool.submit(step, slot)
-            yield out
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ncli-block") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, what: str = "features") -> InputError:
@@ -114,8 +112,8 @@ class _Segments:
         return out
 
 
-class _Buffers:
-    """Reusable float64 work arrays (avoids page-faulting fresh memory every chunk)."""
+class _Buffers(threading.local):
+    """Reusable work arrays, one set per thread (avoids page-faulting fresh memory per block)."""
 
     def __init__(self):
         self._bufs: dict[tuple, np.ndarray] = {}
@@ -136,15 +134,15 @@ def class_sums(
     *,
     chunk_rows: int | None = None,
     layer: str | None = None,
-    pipeline: bool = False,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1: (counts (C,) int64, sums (C, p) float64) of a split."""
+    """Pass 1: (counts (C,) int64, sums (C, p) float64) of a split, blocks on ``workers`` threads."""
     C = ff.num_classes
     p = ff.feature_dim if layer is None else ff.layer_info(split, layer)[1]
     counts = np.zeros(C, dtype=np.int64)
     sums = np.zeros((C, p), dtype=np.float64)
 
-    def block_sums(ch: Chunk, slot: int):
+    def block_sums(ch: Chunk):
         seg = _Segments(ch.labels)
         Hs = ch.features[seg.order]
         part = np.empty((len(seg.classes), p), dtype=np.float64)
@@ -154,8 +152,7 @@ def class_sums(
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         return seg, part
 
-    source = blocks(ff, split, chunk_rows, layer)
-    for seg, part in _pipelined(source, block_sums) if pipeline else (block_sums(ch, 0) for ch in source):
+    for seg, part in ordered_map(block_sums, blocks(ff, split, chunk_rows, layer), workers):
         sums[seg.classes] += part
         counts += seg.counts(C)
     return counts, sums
@@ -226,10 +223,10 @@ def evaluate_split(
     accumulate: bool,
     chunk_rows: int | None = None,
     layer: str | None = None,
-    pipeline: bool = False,
+    workers: int = 1,
 ) -> SplitResult:
-    """Pass 2 over one split (see module docstring). ``pipeline`` prepares the next block
-    in a second thread while this one is finished (same operations, same results)."""
+    """Pass 2 over one split (see module docstring), blocks on ``workers`` threads (same
+    operations, same order of accumulation, same results)."""
     C, p = means.shape
     U = basis.U  # (p, k)
     k = U.shape[1]
@@ -265,14 +262,14 @@ def evaluate_split(
         res.proj_ss = np.zeros(k, dtype=np.float64)
     bufs = _Buffers()
 
-    def prepare(ch: Chunk, slot: int):
-        """Runs one block ahead in a worker thread: sort, centre, norms, network decisions."""
+    def block_stats(ch: Chunk):
+        """Everything for one block; returns small per-block results."""
         # Rows are processed grouped by label (a stable sort of the block): centring is then
         # one broadcast subtraction per class, and per-class sums are contiguous slices.
         seg = _Segments(ch.labels)
         y = seg.sorted_labels
         Hs = ch.features[seg.order]  # (np.take with out= is several times slower)
-        D = bufs.get(f"D{slot}", Hs.shape)  # two buffers: one being prepared, one in use
+        D = bufs.get("D", Hs.shape)
         np.copyto(D, Hs)  # to float64 (a plain cast, then pure float64 subtractions: fastest)
         for c, lo, hi in seg:
             D[lo:hi] -= means[c]
@@ -286,15 +283,11 @@ def evaluate_split(
             y_net = np.argmax(logits, axis=1)
             tol = 2.0 * logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w + logit_atol
             _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
-        return seg, y, Hs, D, rn, y_net
-
-    source = blocks(ff, split, chunk_rows, layer)
-    prepared = _pipelined(source, prepare) if pipeline else (prepare(ch, 0) for ch in source)
-    for seg, y, Hs, D, rn, y_net in prepared:
         Z = D @ U  # (n, k) float64: coordinates of h − μ_y in span(M)
+        ss = proj = None
         if accumulate:
-            res.ss_within += np.bincount(y, weights=rn, minlength=C)
-            res.proj_ss += np.einsum("ij,ij->j", Z, Z)
+            ss = np.bincount(y, weights=rn, minlength=C)
+            proj = np.einsum("ij,ij->j", Z, Z)
         # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
         # (scores in float32; rivals within the float32 error bound are decided exactly)
         E = Z  # h − μ_G in U coordinates, in place (Z is not needed any more)
@@ -306,5 +299,11 @@ def evaluate_split(
         y_ncc = np.argmax(score, axis=1)
         tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + ncc_atol
         _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
+        return y, y_ncc, y_net, ss, proj
+
+    for y, y_ncc, y_net, ss, proj in ordered_map(block_stats, blocks(ff, split, chunk_rows, layer), workers):
+        if accumulate:
+            res.ss_within += ss
+            res.proj_ss += proj
         res.count(y, y_ncc, y_net)
     return res
