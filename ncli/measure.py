@@ -72,11 +72,9 @@ def measure_file(
         from ncli import stream_torch
 
         dev = stream_torch.resolve_device(device.removeprefix("torch:"))
-    threads = resolve_threads(threads)
     # Blocks are spread over worker threads, each with single-threaded BLAS (concurrent
     # multi-threaded BLAS calls thrash); results do not depend on the number of workers.
-    workers = threads
-    blas_threads = 1
+    workers = resolve_threads(threads)
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
     with FeatureFile(path) as ff:
@@ -116,7 +114,7 @@ def measure_file(
                     chunk_rows=chunk_rows, layer=layer,
                 )
                 continue
-            with threadpool_limits(limits=blas_threads, user_api="blas"):
+            with threadpool_limits(limits=1, user_api="blas"):
                 results[s] = evaluate_split(
                     ff,
                     s,
