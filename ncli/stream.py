@@ -8,8 +8,9 @@ span of the centred means, k = min(p, C) columns), one float64 GEMM per block:
     live in those k coordinates: no N × C × p work) and the network decision
     argmax(hWᵀ + b) from a float32 GEMM. Decisions that float32 rounding could change are
     recomputed directly in float64, so every decision equals the spec's formula.
-Rows are processed in fixed, aligned blocks (``BLOCK_ROWS``), grouped by label within a
-block, so results are bit-identical whatever the read size. Memory is
+Rows are processed in fixed, aligned blocks (:func:`block_rows`), grouped by label within a
+block, on one or more worker threads; block results are added in file order, so results
+are bit-identical whatever the read size and the thread count. Memory is
 O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 (:mod:`ncli.metrics`) and no CLI.
 """
@@ -41,7 +42,7 @@ def block_rows(p: int, C: int) -> int:
     rows = BLOCK_ROWS
     while rows > 256 and rows * width * 8 > BLOCK_BYTES:
         rows //= 2
-    return min(rows, BLOCK_ROWS)
+    return rows
 
 
 def blocks(ff: FeatureFile, split: str, chunk_rows: int | None = None, layer: str | None = None):
