@@ -7,6 +7,8 @@ No torch, no CLI here.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -94,10 +96,16 @@ def measure_file(
         W, b = clf if clf is not None else (None, None)
         names = ff.class_names()
 
-        if dev is None:
-            counts, sums = class_sums(ff, split, chunk_rows=chunk_rows, layer=layer, workers=workers)
+        if dev is None:  # numpy on `workers` threads, each with single-threaded BLAS
+            first_pass = partial(class_sums, workers=workers)
+            second_pass = partial(evaluate_split, workers=workers)
+            limits = partial(threadpool_limits, limits=1, user_api="blas")
         else:
-            counts, sums = stream_torch.class_sums(ff, split, device=dev, chunk_rows=chunk_rows, layer=layer)
+            first_pass = partial(stream_torch.class_sums, device=dev)
+            second_pass = partial(stream_torch.evaluate_split, device=dev)
+            limits = nullcontext
+        with limits():
+            counts, sums = first_pass(ff, split, chunk_rows=chunk_rows, layer=layer)
         try:
             means = M.class_means(counts, sums, names)
         except InputError as exc:
@@ -106,27 +114,13 @@ def measure_file(
         basis = M.between_basis(means - mu_g)
 
         order = [split] + [s for s in ff.splits if s != split]
-        results = {}
-        for s in order:
-            if dev is not None:
-                results[s] = stream_torch.evaluate_split(
-                    ff, s, device=dev, means=means, basis=basis, W=W, b=b, accumulate=(s == split),
-                    chunk_rows=chunk_rows, layer=layer,
+        with limits():
+            results = {
+                s: second_pass(
+                    ff, s, means=means, basis=basis, W=W, b=b, accumulate=(s == split), chunk_rows=chunk_rows, layer=layer
                 )
-                continue
-            with threadpool_limits(limits=1, user_api="blas"):
-                results[s] = evaluate_split(
-                    ff,
-                    s,
-                    means=means,
-                    basis=basis,
-                    W=W,
-                    b=b,
-                    accumulate=(s == split),
-                    chunk_rows=chunk_rows,
-                    layer=layer,
-                    workers=workers,
-                )
+                for s in order
+            }
         train = results[split]
         metrics = M.collapse_metrics(
             counts=counts, means=means, mu_g=mu_g, basis=basis, ss_within=train.ss_within, proj_ss=train.proj_ss, W=W

@@ -17,7 +17,7 @@ import numpy as np
 from ncli.errors import EnvironmentProblem
 from ncli.fileformat import FeatureFile
 from ncli.metrics import BetweenBasis
-from ncli.stream import TIE_RTOL, SplitResult, _nonfinite_error, _settle_near_ties, _sq_distances, blocks
+from ncli.stream import TIE_RTOL, SplitResult, _nonfinite_error, _sq_distances, blocks
 
 
 def resolve_device(device: str):
@@ -49,6 +49,21 @@ def _to_device(torch, arr: np.ndarray, dev):
     else:
         t = t.to(dev)
     return t
+
+
+def _decide(torch, scores, tol, exact) -> np.ndarray:
+    """argmax per row, on the device; rows whose runner-up is within ``tol`` are re-decided
+    on the host by ``exact(rows)`` (the spec's formula). Only the decisions and those few
+    rows cross to the host, never the (n, C) scores. Same rule as
+    :func:`ncli.stream._settle_near_ties`."""
+    best = torch.argmax(scores, dim=1).cpu().numpy()  # first maximum, like numpy
+    if scores.shape[1] < 2:
+        return best
+    top2 = torch.topk(scores, 2, dim=1).values
+    rows = torch.nonzero(top2[:, 0] - top2[:, 1] <= tol).flatten().cpu().numpy()
+    if rows.size:
+        best[rows] = np.argmax(exact(rows), axis=1)
+    return best
 
 
 def class_sums(ff: FeatureFile, split: str, *, device, chunk_rows=None, layer=None):
@@ -113,21 +128,18 @@ def evaluate_split(
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         Z = D @ U
         if accumulate:
-            ss += torch.zeros(C, **f64).index_add_(0, y, rn)
+            ss.index_add_(0, y, rn)
             proj += (Z * Z).sum(0)
         E = Z + coords[y]
-        score = (2.0 * (E @ coords.T) - sq_norm_m).cpu().numpy()  # argmax = nearest centre
-        tol = (TIE_RTOL * (torch.linalg.vector_norm(E, dim=1) * max_norm_m + max_norm_m**2)).cpu().numpy()
-        y_ncc = np.argmax(score, axis=1)
+        score = 2.0 * (E @ coords.T) - sq_norm_m  # argmax = nearest centre
+        tol = TIE_RTOL * (torch.linalg.vector_norm(E, dim=1) * max_norm_m + max_norm_m**2)
         Hh = ch.features
-        _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hh[rows], means))
+        y_ncc = _decide(torch, score, tol, lambda rows: -_sq_distances(Hh[rows], means))
         y_net = None
         if have_w:
             logits = H @ Wt.T + bt
-            tol = (TIE_RTOL * (torch.linalg.vector_norm(H, dim=1) * max_norm_w + max_b)).cpu().numpy()
-            logits = logits.cpu().numpy()
-            y_net = np.argmax(logits, axis=1)
-            _settle_near_ties(logits, y_net, tol, lambda rows: Hh[rows].astype(np.float64) @ W.T + b)
+            tol = TIE_RTOL * (torch.linalg.vector_norm(H, dim=1) * max_norm_w + max_b)
+            y_net = _decide(torch, logits, tol, lambda rows: Hh[rows].astype(np.float64) @ W.T + b)
         res.count(ch.labels, y_ncc, y_net)
     if accumulate:
         res.ss_within = ss.cpu().numpy()

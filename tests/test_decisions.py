@@ -3,13 +3,20 @@ spec's formula, evaluated directly in float64, would make."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pytest
 
 from ncli.fileformat import write_features
 from ncli.measure import measure_file
 
 
-def test_near_tied_logits_match_float64(tmp_path, rng):
+DEVICES = ["cpu", pytest.param("torch:cpu", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="no torch"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_near_tied_logits_match_float64(tmp_path, rng, device):
     # Two classifier rows differing by 1e-9 relative: float32 logits cannot tell them apart,
     # float64 can. ncli must reproduce the float64 decisions exactly.
     C, p, n = 3, 64, 4000
@@ -20,7 +27,7 @@ def test_near_tied_logits_match_float64(tmp_path, rng):
     W[1] = W[0] + 1e-9 * rng.standard_normal(p)
     b = np.zeros(C)
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W, bias=b)
-    rec = measure_file(path, per_class=True, chunk_rows=333)
+    rec = measure_file(path, per_class=True, chunk_rows=333, device=device)
     logits = H.astype(np.float64) @ W.T + b
     y_net = np.argmax(logits, axis=1)
     assert rec["splits"]["train"]["accuracy"] == np.count_nonzero(y_net == y) / n
@@ -33,17 +40,19 @@ def test_near_tied_logits_match_float64(tmp_path, rng):
     assert np.any(np.argmax(l32, axis=1) != y_net)
 
 
-def test_exact_logit_tie_breaks_to_smallest_index(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device):
     # w_0 == w_1 exactly: every sample ties between classes 0 and 1 -> class 0.
     H = np.array([[1.0, 0.0], [2.0, 0.5], [0.0, 3.0], [0.1, 2.5]], dtype=np.float32)
     y = np.array([0, 0, 1, 1])
     W = np.array([[1.0, 1.0], [1.0, 1.0]])
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=2, weight=W)
-    rec = measure_file(path)
+    rec = measure_file(path, device=device)
     assert rec["splits"]["train"]["accuracy"] == 0.5
 
 
-def test_near_tied_class_centres_match_float64(tmp_path, rng):
+@pytest.mark.parametrize("device", DEVICES)
+def test_near_tied_class_centres_match_float64(tmp_path, rng, device):
     # Classes 0 and 1 have means 1e-6 apart (relative): which centre is nearer is decided
     # by float64 distances; float32 scores alone would get some rows wrong.
     C, p, n = 3, 16, 6000
@@ -53,7 +62,7 @@ def test_near_tied_class_centres_match_float64(tmp_path, rng):
     H = (means[y] + 1e-3 * rng.standard_normal((n, p))).astype(np.float32)
     W = rng.standard_normal((C, p))
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W)
-    rec = measure_file(path, chunk_rows=1000)
+    rec = measure_file(path, chunk_rows=1000, device=device)
     H64 = H.astype(np.float64)
     mus = np.stack([H64[y == c].mean(0) for c in range(C)])
     d = ((H64[:, None, :] - mus[None]) ** 2).sum(-1)
