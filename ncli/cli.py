@@ -155,8 +155,8 @@ def measure(
 
     Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
     """
-    from ncli.measure import measure_file
-    from ncli.report import print_records
+    from ncli.measure import list_layers, measure_file
+    from ncli.report import print_records, record_json
 
     if device != "cpu":
         from ncli.stream_torch import resolve_device
@@ -168,11 +168,7 @@ def measure(
             device = "cpu"
     records = []
     for f in files:
-        layers = [layer]
-        if layer == "all":
-            from ncli.measure import list_layers
-
-            layers = list_layers(f, split)
+        layers = list_layers(f, split) if layer == "all" else [layer]
         for lay in layers:
             rec = measure_file(
                 f,
@@ -185,8 +181,6 @@ def measure(
                 device=device,
             )
             if json_out:
-                from ncli.report import record_json
-
                 sys.stdout.write(record_json(rec) + "\n")
                 sys.stdout.flush()
             else:
@@ -195,15 +189,13 @@ def measure(
         print_records(records, per_class=per_class)
 
 
-# --- commands defined in other modules (registered here so `ncli --help` lists them) ---
-# (extract / inspect / compare are added below by their modules' registration lines)
+# --- commands defined in their own modules (they import torch/matplotlib only when run) ---
+from ncli.commands_compare import compare as _compare_command  # noqa: E402
 from ncli.extract.commands import extract as _extract_command  # noqa: E402
 from ncli.extract.commands import inspect as _inspect_command  # noqa: E402
 
 app.command("extract")(reports_errors(_extract_command))
 app.command("inspect")(reports_errors(_inspect_command))
-from ncli.commands_compare import compare as _compare_command  # noqa: E402
-
 app.command("compare")(reports_errors(_compare_command))
 
 
