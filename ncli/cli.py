@@ -38,7 +38,10 @@ _state = {"debug": False}
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"ncli {__version__}")
+        from ncli import kernels
+
+        why = f" ({kernels.why_not_compiled})" if kernels.why_not_compiled else ""
+        typer.echo(f"ncli {__version__}\nmeasure kernels: {kernels.BACKEND}{why}")
         raise typer.Exit()
 
 

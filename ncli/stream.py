@@ -8,9 +8,10 @@ span of the centred means, k = min(p, C) columns), one float64 GEMM per block:
     live in those k coordinates: no N × C × p work) and the network decision
     argmax(hWᵀ + b) from a float32 GEMM. Decisions that float32 rounding could change are
     recomputed directly in float64, so every decision equals the spec's formula.
-Rows are processed in fixed, aligned blocks (:func:`block_rows`), grouped by label within a
-block, on one or more worker threads; block results are added in file order, so results
-are bit-identical whatever the read size and the thread count. Memory is
+Rows are processed in fixed, aligned blocks (:func:`block_rows`), on one or more worker
+threads, by the fused per-block kernels of :mod:`ncli.kernels` (compiled C, or numpy);
+block results are added in file order, so results are bit-identical whatever the read size
+and the thread count. Memory is
 O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
 (:mod:`ncli.metrics`) and no CLI.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ncli import kernels
 from ncli.errors import InputError
 from ncli.fileformat import Chunk, FeatureFile
 from ncli.metrics import BetweenBasis
@@ -143,12 +145,11 @@ def class_sums(
     counts = np.zeros(C, dtype=np.int64)
     sums = np.zeros((C, p), dtype=np.float64)
 
+    K = kernels.active
+
     def block_sums(ch: Chunk):
         seg = _Segments(ch.labels)
-        Hs = ch.features[seg.order]
-        part = np.empty((len(seg.classes), p), dtype=np.float64)
-        for q, (c, lo, hi) in enumerate(seg):  # a loop beats np.add.reduceat several times
-            Hs[lo:hi].sum(axis=0, dtype=np.float64, out=part[q])
+        part = K.segment_sums(ch.features, seg.order, seg.starts)  # float64, one row per class present
         if not np.isfinite(part).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
         return seg, part
@@ -168,20 +169,16 @@ def _sq_distances(H: np.ndarray, means: np.ndarray) -> np.ndarray:
     return np.stack([np.sum((means - h) ** 2, axis=1) for h in H]) if len(H) else np.zeros((0, len(means)))
 
 
-def _settle_near_ties(scores: np.ndarray, best: np.ndarray, tol: np.ndarray, exact) -> None:
+def _settle(best: np.ndarray, near: np.ndarray, exact) -> None:
     """Make argmax decisions independent of rounding.
 
-    ``scores`` (overwritten) come from a fast formula whose rounding error is below ``tol``.
-    Rows whose best score has a rival within ``tol`` are recomputed by
-    ``exact(rows)`` (the spec's formula evaluated directly), so exact ties break to the
-    smallest class index as the spec says. ``best`` is updated in place.
+    ``best`` came from fast float32 scores whose rounding error is below the tolerance the
+    kernel compared with (:meth:`ncli.kernels` ``decide``); rows ``near`` (a rival within it,
+    or a score not finite) are recomputed by ``exact(rows)`` (the spec's formula evaluated
+    directly in float64), so exact ties break to the smallest class index as the spec says.
+    ``best`` is updated in place.
     """
-    if scores.shape[1] < 2 or scores.shape[0] == 0:
-        return
-    ar = np.arange(scores.shape[0])
-    top = scores[ar, best]
-    scores[ar, best] = -np.inf  # (scores are scratch: the runner-up is the max of the rest)
-    rows = np.flatnonzero(top - scores.max(axis=1) <= tol)
+    rows = np.flatnonzero(near)
     if rows.size:
         best[rows] = np.argmax(exact(rows), axis=1)
 
@@ -263,43 +260,34 @@ def evaluate_split(
         res.proj_ss = np.zeros(k, dtype=np.float64)
     bufs = _Buffers()
 
+    K = kernels.active
+    offset_ncc = -sq_norm_m32
+
     def block_stats(ch: Chunk):
         """Everything for one block; returns small per-block results."""
-        # Rows are processed grouped by label (a stable sort of the block): centring is then
-        # one broadcast subtraction per class, and per-class sums are contiguous slices.
-        seg = _Segments(ch.labels)
-        y = seg.sorted_labels
-        Hs = ch.features[seg.order]  # (np.take with out= is several times slower)
-        D = bufs.get("D", Hs.shape)
-        np.copyto(D, Hs)  # to float64 (a plain cast, then pure float64 subtractions: fastest)
-        for c, lo, hi in seg:
-            D[lo:hi] -= means[c]
-        rn = np.einsum("ij,ij->i", D, D)
+        H, y = ch.features, ch.labels
+        n = y.shape[0]
+        D = bufs.get("D", (n, p))
+        rn = K.center_rows(H, y, means, D)  # D = h − μ_y in float64, rn = ‖D‖² per row
         if not np.isfinite(rn).all():
-            raise _nonfinite_error(ff, split, ch.start, ch.features)
+            raise _nonfinite_error(ff, split, ch.start, H)
         y_net = None
         if have_w:
-            logits = Hs.astype(np.float32, copy=False) @ W32  # float32 (n, C), scratch
-            logits += b32
-            y_net = np.argmax(logits, axis=1)
+            logits = H.astype(np.float32, copy=False) @ W32  # float32 (n, C), scratch
             tol = 2.0 * logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w + logit_atol
-            _settle_near_ties(logits, y_net, tol, lambda rows: Hs[rows].astype(np.float64) @ W.T + b)
-        Z = D @ U  # (n, k) float64: coordinates of h − μ_y in span(M)
-        ss = proj = None
-        if accumulate:
-            ss = np.bincount(y, weights=rn, minlength=C)
-            proj = np.einsum("ij,ij->j", Z, Z)
-        # NCC: argmin_c ‖h − μ_c‖² = argmin_c ‖μ_c − μ_G‖² − 2 ⟨h − μ_G, μ_c − μ_G⟩
-        # (scores in float32; rivals within the float32 error bound are decided exactly)
-        E = Z  # h − μ_G in U coordinates, in place (Z is not needed any more)
-        for c, lo, hi in seg:
-            E[lo:hi] += coords[c]
-        score = E.astype(np.float32) @ coords32  # float32 (n, C), scratch
-        score *= 2.0
-        score -= sq_norm_m32  # argmax = nearest centre
-        y_ncc = np.argmax(score, axis=1)
-        tol = ncc_rtol * np.sqrt(np.einsum("ij,ij->i", E, E)) * max_norm_m + ncc_atol
-        _settle_near_ties(score, y_ncc, tol, lambda rows: -_sq_distances(Hs[rows], means))
+            y_net, near = K.decide(logits, 1.0, b32, tol)  # argmax(logits + b), rivals within tol
+            _settle(y_net, near, lambda rows: H[rows].astype(np.float64) @ W.T + b)
+        Z = bufs.get("Z", (n, k))
+        np.matmul(D, U, out=Z)  # float64 coordinates of h − μ_y in span(M)
+        proj = np.zeros(k) if accumulate else None
+        # E = Z + coords[y]: h − μ_G in U coordinates (float32 copy, ‖E‖²); proj += Σ Z²
+        E32, en = K.ncc_coords(Z, coords, y, proj)
+        ss = np.bincount(y, weights=rn, minlength=C) if accumulate else None
+        # NCC: argmin_c ‖h − μ_c‖² = argmax_c 2 ⟨h − μ_G, μ_c − μ_G⟩ − ‖μ_c − μ_G‖², in float32
+        score = E32 @ coords32
+        tol = ncc_rtol * np.sqrt(en) * max_norm_m + ncc_atol
+        y_ncc, near = K.decide(score, 2.0, offset_ncc, tol)
+        _settle(y_ncc, near, lambda rows: -_sq_distances(H[rows], means))
         return y, y_ncc, y_net, ss, proj
 
     for y, y_ncc, y_net, ss, proj in ordered_map(block_stats, blocks(ff, split, chunk_rows, layer), workers):

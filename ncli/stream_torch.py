@@ -4,7 +4,7 @@ device (``ncli measure --device cuda``). Imported only when a device is asked fo
 
 Same statistics, same exact decisions: every product is float64 on the device; decisions
 whose best score has a rival within the float64 rounding bound are re-decided on the host by
-the spec's formula (:func:`ncli.stream._settle_near_ties`). Blocks are read on the host
+the spec's formula (:func:`ncli.stream._settle`). Blocks are read on the host
 (h5py, prefetched), copied through pinned memory and processed on the device; only small
 per-block results come back. Sums on a GPU run in a device-chosen order: results equal the
 CPU path to ~1e-12 relative, not bit for bit (the CPU path is the bit-reproducible one).
@@ -55,7 +55,7 @@ def _decide(torch, scores, tol, exact) -> np.ndarray:
     """argmax per row, on the device; rows whose runner-up is within ``tol`` are re-decided
     on the host by ``exact(rows)`` (the spec's formula). Only the decisions and those few
     rows cross to the host, never the (n, C) scores. Same rule as
-    :func:`ncli.stream._settle_near_ties`."""
+    :func:`ncli.stream._settle`."""
     best = torch.argmax(scores, dim=1).cpu().numpy()  # first maximum, like numpy
     if scores.shape[1] < 2:
         return best

@@ -14,3 +14,17 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel_backend(request, monkeypatch):
+    """Run a test with the compiled per-block kernels and with their numpy implementation."""
+    import ncli.kernels as K
+
+    if request.param == "compiled":
+        if K.compiled_kernels is None:
+            pytest.skip(f"compiled kernels not available: {K.why_not_compiled}")
+        monkeypatch.setattr(K, "active", K.compiled_kernels)
+    else:
+        monkeypatch.setattr(K, "active", K.numpy_kernels)
+    return request.param

@@ -16,7 +16,7 @@ DEVICES = ["cpu", pytest.param("torch:cpu", marks=pytest.mark.skipif(importlib.u
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_near_tied_logits_match_float64(tmp_path, rng, device):
+def test_near_tied_logits_match_float64(tmp_path, rng, device, kernel_backend):
     # Two classifier rows differing by 1e-9 relative: float32 logits cannot tell them apart,
     # float64 can. ncli must reproduce the float64 decisions exactly.
     C, p, n = 3, 64, 4000
@@ -41,7 +41,7 @@ def test_near_tied_logits_match_float64(tmp_path, rng, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device):
+def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device, kernel_backend):
     # w_0 == w_1 exactly: every sample ties between classes 0 and 1 -> class 0.
     H = np.array([[1.0, 0.0], [2.0, 0.5], [0.0, 3.0], [0.1, 2.5]], dtype=np.float32)
     y = np.array([0, 0, 1, 1])
@@ -52,7 +52,7 @@ def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_near_tied_class_centres_match_float64(tmp_path, rng, device):
+def test_near_tied_class_centres_match_float64(tmp_path, rng, device, kernel_backend):
     # Classes 0 and 1 have means 1e-6 apart (relative): which centre is nearer is decided
     # by float64 distances; float32 scores alone would get some rows wrong.
     C, p, n = 3, 16, 6000

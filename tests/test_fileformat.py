@@ -158,3 +158,95 @@ def test_truncated_file(tmp_path, rng):
     with pytest.raises(InputError):
         with FeatureFile(path) as ff:
             list(ff.iter_chunks("train"))
+
+
+# -- direct reads (DirectRows): the same bytes as h5py, or not used at all ----------------------
+
+
+def _raw_file(path, make, n=1000, p=7):
+    """A format-1 file whose train features are created by ``make(group, data)``."""
+    rng = np.random.default_rng(3)
+    H = rng.standard_normal((n, p)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    with h5py.File(path, "w") as f:
+        f.attrs["ncli_format"] = "ncli.features"
+        f.attrs["ncli_format_version"] = 1
+        f.attrs["num_classes"] = 3
+        g = f.create_group("train")
+        make(g, H)
+        g.create_dataset("labels", data=y)
+    return H
+
+
+def _direct(path):
+    from ncli.fileformat import DirectRows
+
+    with h5py.File(path, "r") as f:
+        return DirectRows.open(f["train/features"]) is not None
+
+
+@pytest.mark.parametrize(
+    "layout,expected",
+    [
+        ("chunked", True),
+        ("contiguous", True),
+        ("odd-chunks", True),
+        ("gzip", False),
+        ("big-endian", False),
+        ("column-chunks", False),
+        ("unwritten-chunk", False),
+    ],
+)
+def test_direct_reads_equal_h5py(tmp_path, layout, expected):
+    makers = {
+        "chunked": lambda g, H: g.create_dataset("features", data=H, chunks=(64, H.shape[1])),
+        "contiguous": lambda g, H: g.create_dataset("features", data=H),
+        "odd-chunks": lambda g, H: g.create_dataset("features", data=H, chunks=(37, H.shape[1]), maxshape=(None, H.shape[1])),
+        "gzip": lambda g, H: g.create_dataset("features", data=H, chunks=(64, H.shape[1]), compression="gzip"),
+        "big-endian": lambda g, H: g.create_dataset("features", data=H.astype(">f4"), chunks=(64, H.shape[1])),
+        "column-chunks": lambda g, H: g.create_dataset("features", data=H, chunks=(64, 3)),
+    }
+
+    def unwritten(g, H):
+        ds = g.create_dataset("features", shape=H.shape, dtype=H.dtype, chunks=(64, H.shape[1]))
+        ds[:500] = H[:500]  # rows 500.. never written: HDF5 returns the fill value
+        H[500:] = 0
+
+    makers["unwritten-chunk"] = unwritten
+    path = tmp_path / f"{layout}.h5"
+    H = _raw_file(path, makers[layout])
+    assert _direct(path) is expected
+    with FeatureFile(path) as ff:
+        for rows in (1, 37, 64, 100, 1000):
+            got = np.concatenate([ch.features for ch in ff.iter_chunks("train", rows)])
+            np.testing.assert_array_equal(got, H)
+
+
+def test_direct_reads_refuse_user_block(tmp_path):
+    path = tmp_path / "ub.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.attrs["ncli_format"] = "ncli.features"
+        f.attrs["ncli_format_version"] = 1
+        f.attrs["num_classes"] = 2
+        f.create_dataset("train/features", data=rng.standard_normal((100, 4)), chunks=(10, 4))
+        f.create_dataset("train/labels", data=rng.integers(0, 2, 100))
+    assert not _direct(path)
+    with FeatureFile(path) as ff:
+        assert next(ff.iter_chunks("train", 100)).features.shape == (100, 4)
+
+
+def test_measure_same_with_and_without_direct_reads(tmp_path, rng, monkeypatch):
+    from ncli.fileformat import DirectRows
+    from ncli.measure import measure_file
+
+    C, p, n = 5, 12, 3000
+    means = rng.standard_normal((C, p))
+    y = rng.integers(0, C, n)
+    H = (means[y] + rng.standard_normal((n, p))).astype(np.float32)
+    path = write_features(tmp_path / "m.h5", {"train": {"features": H, "labels": y}}, num_classes=C,
+                          weight=rng.standard_normal((C, p)))
+    assert _direct(path)
+    direct = measure_file(path, per_class=True)
+    monkeypatch.setattr(DirectRows, "open", classmethod(lambda cls, ds: None))
+    assert measure_file(path, per_class=True) == direct

@@ -113,7 +113,7 @@ def build(case: Case, path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_matches_reference(case, tmp_path):
+def test_matches_reference(case, tmp_path, kernel_backend):
     path = tmp_path / "f.h5"
     ref = build(case, path)
     rec = measure.measure_file(
@@ -152,7 +152,7 @@ def test_record_shape(tmp_path):
     assert set(rec["splits"]) == {"train", "test"}
 
 
-def test_chunked_equals_unchunked(tmp_path):
+def test_chunked_equals_unchunked(tmp_path, kernel_backend):
     """chunk_rows only changes how rows are read: chunk sizes 1, 7, 64, whole split agree."""
     case = Case("chunks", 5, 4, [31, 17, 40, 9, 23], dtype=np.float32, test_counts=[7] * 5, seed=21)
     path = tmp_path / "c.h5"

@@ -1,0 +1,153 @@
+/* Fused per-block kernels for `ncli measure` (see ncli/kernels.py, which loads this file's
+ * shared library with ctypes; ctypes releases the GIL for the duration of each call).
+ *
+ * Each kernel replaces several numpy passes over a block with one sweep. They are plain C99
+ * on C-contiguous arrays with int64 sizes; nothing here allocates or calls Python. The
+ * summation order is fixed by the source (explicit partial sums; the build uses
+ * -ffp-contract=off, so no FMA contraction), so results are the same on every CPU, whatever
+ * instruction set the compiler vectorises for. ncli/kernels.py has a numpy implementation of
+ * every function with the same contract; tests compare the two.
+ *
+ * The module stub at the end (PyInit__kernels) only makes the library importable as
+ * `ncli._kernels`, so that it is built and installed like any extension module.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+/* one copy per instruction set, picked at load time (GCC/clang function multiversioning) */
+#define NCLI_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NCLI_CLONES
+#endif
+
+#define NCLI_EXPORT
+
+/* D[i,:] = H[i,:] - M[y[i],:] in float64 and rn[i] = ||D[i,:]||^2 (eight fixed partial sums).
+ * H: (n, p), M: (C, p), D: (n, p), rn: (n,). Labels must be valid (checked by the reader). */
+#define CENTER_ROWS(NAME, T)                                                                    \
+    NCLI_EXPORT NCLI_CLONES void NAME(const T *H, int64_t n, int64_t p, const int64_t *y,          \
+                                      const double *M, double *D, double *rn) {                  \
+        for (int64_t i = 0; i < n; i++) {                                                        \
+            const T *h = H + i * p;                                                              \
+            const double *m = M + y[i] * p;                                                      \
+            double *d = D + i * p;                                                               \
+            double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
+            int64_t j = 0;                                                                       \
+            for (; j + 8 <= p; j += 8) {                                                         \
+                for (int t = 0; t < 8; t++) {                                                    \
+                    double v = (double)h[j + t] - m[j + t];                                      \
+                    d[j + t] = v;                                                                \
+                    a[t] += v * v;                                                               \
+                }                                                                                \
+            }                                                                                    \
+            for (int t = 0; j < p; j++, t++) {                                                   \
+                double v = (double)h[j] - m[j];                                                  \
+                d[j] = v;                                                                        \
+                a[t] += v * v;                                                                   \
+            }                                                                                    \
+            rn[i] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));           \
+        }                                                                                        \
+    }
+
+CENTER_ROWS(ncli_center_rows_f32, float)
+CENTER_ROWS(ncli_center_rows_f64, double)
+
+/* part[q,:] = sum of H[order[r],:] for r in [starts[q], starts[q+1]) (the last segment ends at
+ * n), in float64, rows added in the order given. H: (*, p), part: (nseg, p). */
+#define SEGMENT_SUMS(NAME, T)                                                                   \
+    NCLI_EXPORT NCLI_CLONES void NAME(const T *H, int64_t n, int64_t p, const int64_t *order,      \
+                                      const int64_t *starts, int64_t nseg, double *part) {       \
+        for (int64_t q = 0; q < nseg; q++) {                                                     \
+            double *acc = part + q * p;                                                          \
+            int64_t lo = starts[q], hi = q + 1 < nseg ? starts[q + 1] : n;                       \
+            memset(acc, 0, (size_t)p * sizeof(double));                                          \
+            for (int64_t r = lo; r < hi; r++) {                                                  \
+                const T *h = H + order[r] * p;                                                   \
+                for (int64_t j = 0; j < p; j++) acc[j] += (double)h[j];                          \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+SEGMENT_SUMS(ncli_segment_sums_f32, float)
+SEGMENT_SUMS(ncli_segment_sums_f64, double)
+
+/* Decisions from float32 scores v[i,c] = scale * S[i,c] + offset[c] (float32 arithmetic;
+ * S is overwritten with v): best[i] = the first c with the largest v; near[i] = 1 when the
+ * runner-up is within tol[i] (v_best - v_second <= tol[i], the difference in float32) or any
+ * v is not finite, else 0. Rows marked near are decided again exactly by the caller.
+ * S: (n, C), C >= 2. Maxima are taken over 16 interleaved lanes (vectorisable; the maximum
+ * of finite numbers does not depend on the order). */
+#define LANES 16
+static float max_lanes(const float *v, int64_t lo, int64_t hi) {
+    float m[LANES];
+    for (int t = 0; t < LANES; t++) m[t] = -INFINITY;
+    int64_t c = lo;
+    for (; c + LANES <= hi; c += LANES) {
+        for (int t = 0; t < LANES; t++) m[t] = v[c + t] > m[t] ? v[c + t] : m[t];
+    }
+    for (int t = 0; c < hi; c++, t++) m[t] = v[c] > m[t] ? v[c] : m[t];
+    float r = m[0];
+    for (int t = 1; t < LANES; t++) r = m[t] > r ? m[t] : r;
+    return r;
+}
+
+NCLI_EXPORT NCLI_CLONES void ncli_decide_f32(float *S, int64_t n, int64_t C, float scale, const float *offset,
+                                             const double *tol, int64_t *best, uint8_t *near) {
+    for (int64_t i = 0; i < n; i++) {
+        float *v = S + i * C;
+        int bad = 0;
+        for (int64_t c = 0; c < C; c++) {
+            float x = scale * v[c] + offset[c];
+            v[c] = x;
+            bad |= !(x - x == 0.0f); /* inf or NaN */
+        }
+        float top = max_lanes(v, 0, C);
+        int64_t arg = 0;
+        for (int64_t c = 0; c < C; c++) {
+            if (v[c] == top) {
+                arg = c;
+                break;
+            }
+        }
+        float a = max_lanes(v, 0, arg), b = max_lanes(v, arg + 1, C);
+        float second = a > b ? a : b;
+        best[i] = arg;
+        near[i] = (uint8_t)(bad || (double)(float)(top - second) <= tol[i]);
+    }
+}
+
+/* NCC coordinates: E[i,:] = Z[i,:] + coords[y[i],:] (h - mu_G in the basis U, from
+ * Z = (h - mu_y) U), stored as float32 in E32; en[i] = ||E[i,:]||^2 in float64; when proj is
+ * not NULL, proj[j] += Z[i,j]^2, rows added in order. Z: (n, k), coords: (C, k). */
+NCLI_EXPORT void ncli_ncc_coords(const double *Z, int64_t n, int64_t k, const double *coords, const int64_t *y,
+                                 double *proj, float *E32, double *en) {
+    for (int64_t i = 0; i < n; i++) {
+        const double *z = Z + i * k;
+        const double *m = coords + y[i] * k;
+        float *e32 = E32 + i * k;
+        double s = 0.0;
+        if (proj != NULL) {
+            for (int64_t j = 0; j < k; j++) proj[j] += z[j] * z[j];
+        }
+        for (int64_t j = 0; j < k; j++) {
+            double e = z[j] + m[j];
+            e32[j] = (float)e;
+            s += e * e;
+        }
+        en[i] = s;
+    }
+}
+
+/* ---- module stub --------------------------------------------------------------------------- */
+
+static struct PyModuleDef kernels_module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "Compiled per-block kernels of ncli measure; loaded with ctypes by ncli.kernels.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

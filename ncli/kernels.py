@@ -1,0 +1,154 @@
+"""Per-block kernels of `ncli measure`: compiled C (``ncli/_kernels.c``) or numpy.
+
+Each function has one contract and two implementations: ``_CKernels`` calls the shared
+library built from ``_kernels.c`` with ctypes (one sweep per block, the GIL released for the
+call, so worker threads scale); ``_NumpyKernels`` does the same with numpy operations. The
+compiled one is used when it was built at install time (``pip install`` compiles it where a C
+compiler is present, and installs without it otherwise); ``NCLI_KERNELS=numpy`` in the
+environment forces numpy. Both give the same decisions; float64 sums may differ in their last
+bits (different summation order), far below the 1e-9 the metrics are tested to, and each is
+bit-reproducible on its own. :data:`BACKEND` names the one in use (``ncli --version`` shows it).
+
+All arrays are C-contiguous; labels are int64 in [0, C) (the reader has checked them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+_f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+_f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+_i64p = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
+_u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+_i64 = ctypes.c_int64
+
+
+class _NumpyKernels:
+    """The reference implementation (numpy only)."""
+
+    name = "numpy"
+
+    @staticmethod
+    def center_rows(H: np.ndarray, y: np.ndarray, means: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """D[i] = H[i] − means[y[i]] (float64, in place) and return rn[i] = ‖D[i]‖²."""
+        np.take(means, y, axis=0, out=D)
+        np.subtract(H, D, out=D)
+        return np.einsum("ij,ij->i", D, D)
+
+    @staticmethod
+    def segment_sums(H: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Row q of the result = float64 sum of H[order[starts[q]:starts[q+1]]]."""
+        n, p = H.shape
+        ends = np.r_[starts[1:], n]
+        part = np.empty((starts.size, p), dtype=np.float64)
+        for q, (lo, hi) in enumerate(zip(starts.tolist(), ends.tolist())):
+            H[order[lo:hi]].sum(axis=0, dtype=np.float64, out=part[q])
+        return part
+
+    @staticmethod
+    def decide(S: np.ndarray, scale: float, offset: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best, near) of float32 scores v = scale·S + offset: best = first argmax per row;
+        near = runner-up within ``tol`` (difference in float32) or a score not finite.
+        S is overwritten (scratch)."""
+        if scale != 1.0:
+            S *= np.float32(scale)
+        S += offset
+        finite = np.isfinite(S).all(axis=1)
+        best = np.argmax(np.where(np.isfinite(S), S, -np.inf), axis=1)
+        ar = np.arange(S.shape[0])
+        top = S[ar, best].copy()
+        S[ar, best] = -np.inf  # the runner-up is the max of the rest
+        near = ~finite | ((top - S.max(axis=1)) <= tol)
+        return best, near
+
+    @staticmethod
+    def ncc_coords(Z: np.ndarray, coords: np.ndarray, y: np.ndarray, proj: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(E32, en): E = Z + coords[y] as float32 and ‖E‖² per row; adds Σ_rows Z² to proj."""
+        if proj is not None:
+            proj += np.einsum("ij,ij->j", Z, Z)
+        E = Z + coords[y]
+        return E.astype(np.float32), np.einsum("ij,ij->i", E, E)
+
+
+class _CKernels:
+    """The compiled kernels (``_kernels.c``), same contracts as :class:`_NumpyKernels`."""
+
+    name = "compiled"
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        for suffix, tp in (("f32", _f32p), ("f64", _f64p)):
+            f = getattr(lib, f"ncli_center_rows_{suffix}")
+            f.argtypes = [tp, _i64, _i64, _i64p, _f64p, _f64p, _f64p]
+            f.restype = None
+            f = getattr(lib, f"ncli_segment_sums_{suffix}")
+            f.argtypes = [tp, _i64, _i64, _i64p, _i64p, _i64, _f64p]
+            f.restype = None
+        lib.ncli_decide_f32.argtypes = [_f32p, _i64, _i64, ctypes.c_float, _f32p, _f64p, _i64p, _u8p]
+        lib.ncli_decide_f32.restype = None
+        lib.ncli_ncc_coords.argtypes = [_f64p, _i64, _i64, _f64p, _i64p, ctypes.c_void_p, _f32p, _f64p]
+        lib.ncli_ncc_coords.restype = None
+        self._lib = lib
+
+    @staticmethod
+    def _rows(H: np.ndarray) -> tuple[np.ndarray, str]:
+        if H.dtype == np.float32:
+            return np.ascontiguousarray(H), "f32"
+        if H.dtype == np.float64:
+            return np.ascontiguousarray(H), "f64"
+        return np.ascontiguousarray(H, dtype=np.float32), "f32"  # float16 layers: exact in float32
+
+    def center_rows(self, H, y, means, D):
+        H, suffix = self._rows(H)
+        n, p = H.shape
+        rn = np.empty(n, dtype=np.float64)
+        getattr(self._lib, f"ncli_center_rows_{suffix}")(H, n, p, y, means, D, rn)
+        return rn
+
+    def segment_sums(self, H, order, starts):
+        H, suffix = self._rows(H)
+        n, p = H.shape
+        part = np.empty((starts.size, p), dtype=np.float64)
+        getattr(self._lib, f"ncli_segment_sums_{suffix}")(H, n, p, order, starts, starts.size, part)
+        return part
+
+    def decide(self, S, scale, offset, tol):
+        n, C = S.shape
+        best = np.empty(n, dtype=np.int64)
+        near = np.empty(n, dtype=np.uint8)
+        self._lib.ncli_decide_f32(S, n, C, scale, offset, tol, best, near)
+        return best, near.view(bool)
+
+    def ncc_coords(self, Z, coords, y, proj):
+        n, k = Z.shape
+        E32 = np.empty((n, k), dtype=np.float32)
+        en = np.empty(n, dtype=np.float64)
+        ptr = None if proj is None else proj.ctypes.data
+        if proj is not None and not (proj.dtype == np.float64 and proj.flags.c_contiguous and proj.shape == (k,)):
+            raise ValueError("proj must be a contiguous float64 array of k values")
+        self._lib.ncli_ncc_coords(Z, n, k, coords, y, ptr, E32, en)
+        return E32, en
+
+
+def _load_compiled() -> tuple[_CKernels | None, str | None]:
+    """(the compiled kernels or None, why not)."""
+    try:
+        from ncli import _kernels
+    except ImportError:
+        return None, "not compiled at install time (no C compiler?)"
+    try:
+        return _CKernels(_kernels.__file__), None
+    except (OSError, AttributeError) as exc:  # pragma: no cover - a broken build
+        return None, f"cannot load {_kernels.__file__}: {exc}"
+
+
+numpy_kernels = _NumpyKernels()
+compiled_kernels, why_not_compiled = _load_compiled()
+if os.environ.get("NCLI_KERNELS", "").strip().lower() == "numpy":
+    active, why_not_compiled = numpy_kernels, "NCLI_KERNELS=numpy"
+else:
+    active = compiled_kernels or numpy_kernels
+BACKEND: str = active.name  # "compiled" or "numpy", as loaded (ncli --version)

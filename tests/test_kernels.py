@@ -1,0 +1,158 @@
+"""The per-block kernels (ncli/kernels.py): compiled C and numpy, each against a plain
+float64 transcription of its contract, and against each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ncli.kernels as K
+
+
+def _backends():
+    out = [pytest.param(K.numpy_kernels, id="numpy")]
+    skip = pytest.mark.skipif(K.compiled_kernels is None, reason=f"compiled kernels not available: {K.why_not_compiled}")
+    out.append(pytest.param(K.compiled_kernels, id="compiled", marks=skip))
+    return out
+
+
+BACKENDS = _backends()
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("n,p,C", [(0, 5, 3), (1, 1, 2), (37, 13, 4), (300, 64, 10), (64, 17, 70)])
+def test_center_rows(kern, dtype, n, p, C, rng):
+    H = (rng.standard_normal((n, p)) * 3 + 10).astype(dtype)
+    y = rng.integers(0, C, n).astype(np.int64)
+    means = rng.standard_normal((C, p)) + 10
+    D = np.full((n, p), np.nan)
+    rn = kern.center_rows(H, y, means, D)
+    want = H.astype(np.float64) - means[y]
+    np.testing.assert_array_equal(D, want)  # one exact float64 subtraction per element
+    np.testing.assert_allclose(rn, (want**2).sum(axis=1), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+def test_center_rows_collapsed_class_is_exact(kern):
+    """Mean 10, spread 1e-3 in float32: centring before squaring keeps every digit."""
+    rng = np.random.default_rng(7)
+    H = (10 + 1e-3 * rng.standard_normal((2000, 33))).astype(np.float32)
+    y = np.zeros(2000, dtype=np.int64)
+    mu = H.astype(np.float64).mean(axis=0, keepdims=True)
+    D = np.empty(H.shape)
+    rn = kern.center_rows(H, y, mu, D)
+    exact = ((H.astype(np.longdouble) - mu.astype(np.longdouble)) ** 2).sum(axis=1)
+    np.testing.assert_allclose(rn, exact.astype(np.float64), rtol=1e-13)
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segment_sums(kern, dtype, rng):
+    n, p, C = 500, 19, 9
+    H = rng.standard_normal((n, p)).astype(dtype)
+    y = rng.integers(0, C, n)
+    order = np.argsort(y, kind="stable")
+    ys = y[order]
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    part = kern.segment_sums(H, order, starts)
+    classes = ys[starts]
+    want = np.stack([H[y == c].astype(np.float64).sum(axis=0) for c in classes])
+    np.testing.assert_allclose(part, want, rtol=1e-13, atol=1e-13)
+
+
+def _decide_reference(S, scale, offset, tol):
+    v = (np.float32(scale) * S.astype(np.float32) + offset.astype(np.float32)).astype(np.float32)
+    best, near = [], []
+    for row, t in zip(v, tol):
+        if not np.isfinite(row).all():
+            best.append(None)
+            near.append(True)
+            continue
+        b = int(np.argmax(row))  # first of the maxima
+        rest = np.delete(row, b)
+        best.append(b)
+        near.append(bool(np.float32(row[b] - rest.max()) <= t))
+    return best, np.array(near)
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+@pytest.mark.parametrize("C", [2, 3, 16, 17, 100])
+def test_decide(kern, C, rng):
+    n = 400
+    S = rng.standard_normal((n, C)).astype(np.float32)
+    S[::7, 0] = S[::7, C - 1] = 10.0  # exact ties at the top: first index wins, the row is near
+    S[3::7, 1] = S[3::7, 0] + 1e-4  # near ties (in v when offsets 0 and 1 agree)
+    S[5, 1] = np.inf
+    S[6, 0] = np.nan
+    offset = rng.standard_normal(C).astype(np.float32)
+    offset[C - 1] = offset[1] = offset[0]
+    tol = np.full(n, 1e-3)
+    for scale in (1.0, 2.0):
+        want_best, want_near = _decide_reference(S, scale, offset, tol)
+        best, near = kern.decide(S.copy(), scale, offset, tol)
+        np.testing.assert_array_equal(near, want_near)
+        for i, b in enumerate(want_best):
+            if b is not None:
+                assert best[i] == b, i
+        assert near[::7].all() and near[5] and near[6]
+        assert (best[::7][1:] == 0).all()
+        assert not near.all()
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+@pytest.mark.parametrize("with_proj", [True, False])
+def test_ncc_coords(kern, with_proj, rng):
+    n, k, C = 300, 11, 12
+    Z = rng.standard_normal((n, k))
+    coords = rng.standard_normal((C, k)) * 3
+    y = rng.integers(0, C, n).astype(np.int64)
+    proj = np.full(k, 0.5) if with_proj else None
+    E32, en = kern.ncc_coords(Z, coords, y, proj)
+    E = Z + coords[y]
+    np.testing.assert_array_equal(E32, E.astype(np.float32))
+    np.testing.assert_allclose(en, (E**2).sum(axis=1), rtol=1e-14)
+    if with_proj:
+        np.testing.assert_allclose(proj, 0.5 + (Z**2).sum(axis=0), rtol=1e-14)
+
+
+@pytest.mark.skipif(K.compiled_kernels is None, reason="compiled kernels not available")
+def test_compiled_and_numpy_measure_agree(tmp_path, rng):
+    """A whole measurement: same decisions, float64 results equal to rounding."""
+    from ncli.fileformat import write_features
+    from ncli.measure import measure_file
+
+    C, p, n = 13, 40, 9000
+    means = rng.standard_normal((C, p)) * 2
+    y = rng.integers(0, C, n)
+    H = (means[y] + rng.standard_normal((n, p))).astype(np.float32)
+    yt = rng.integers(0, C, 2000)
+    Ht = (means[yt] + rng.standard_normal((2000, p))).astype(np.float32)
+    path = write_features(
+        tmp_path / "f.h5",
+        {"train": {"features": H, "labels": y}, "test": {"features": Ht, "labels": yt}},
+        num_classes=C,
+        weight=means + rng.standard_normal((C, p)),
+        bias=rng.standard_normal(C),
+    )
+    recs = {}
+    for name, kern in (("numpy", K.numpy_kernels), ("compiled", K.compiled_kernels)):
+        old = K.active
+        K.active = kern
+        try:
+            recs[name] = measure_file(path, per_class=True, threads=2)
+        finally:
+            K.active = old
+    a, b = recs["numpy"], recs["compiled"]
+    assert a["splits"] == b["splits"]  # decisions (accuracies, disagreement) are identical
+    for key, va in a["metrics"].items():
+        vb = b["metrics"][key]
+        if isinstance(va, float):
+            assert vb == pytest.approx(va, rel=1e-12, abs=1e-300), key
+        else:
+            assert va == vb, key
+
+
+def test_backend_is_reported():
+    assert K.BACKEND in ("compiled", "numpy")
+    assert K.active is K.compiled_kernels or K.active is K.numpy_kernels
