@@ -27,35 +27,39 @@
 
 #define NCLI_EXPORT
 
-/* D[i,:] = H[i,:] - M[y[i],:] in float64 and rn[i] = ||D[i,:]||^2 (eight fixed partial sums).
- * H: (n, p), M: (C, p), D: (n, p), rn: (n,). Labels must be valid (checked by the reader). */
-#define CENTER_ROWS(NAME, T)                                                                    \
-    NCLI_EXPORT NCLI_CLONES void NAME(const T *H, int64_t n, int64_t p, const int64_t *y,          \
-                                      const double *M, double *D, double *rn) {                  \
+/* D[i,:] = H[i,:] - M[y[i],:], each difference formed in float64 (stored as TOUT: float64,
+ * or float32 where only float32 products follow), and rn[i] = ||H[i,:] - M[y[i],:]||^2 from
+ * the float64 differences, with eight fixed partial sums. H: (n, p), M: (C, p), D: (n, p),
+ * rn: (n,). Labels must be valid (checked by the reader). */
+#define CENTER_ROWS(NAME, TIN, TOUT)                                                            \
+    NCLI_EXPORT NCLI_CLONES void NAME(const TIN *H, int64_t n, int64_t p, const int64_t *y,        \
+                                      const double *M, TOUT *D, double *rn) {                    \
         for (int64_t i = 0; i < n; i++) {                                                        \
-            const T *h = H + i * p;                                                              \
+            const TIN *h = H + i * p;                                                            \
             const double *m = M + y[i] * p;                                                      \
-            double *d = D + i * p;                                                               \
+            TOUT *d = D + i * p;                                                                 \
             double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
             int64_t j = 0;                                                                       \
             for (; j + 8 <= p; j += 8) {                                                         \
                 for (int t = 0; t < 8; t++) {                                                    \
                     double v = (double)h[j + t] - m[j + t];                                      \
-                    d[j + t] = v;                                                                \
+                    d[j + t] = (TOUT)v;                                                          \
                     a[t] += v * v;                                                               \
                 }                                                                                \
             }                                                                                    \
             for (int t = 0; j < p; j++, t++) {                                                   \
                 double v = (double)h[j] - m[j];                                                  \
-                d[j] = v;                                                                        \
-                a[t] += v * v;                                                                   \
+                d[j] = (TOUT)v;                                                                  \
+                a[t] += v * v;                                                               \
             }                                                                                    \
             rn[i] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));           \
         }                                                                                        \
     }
 
-CENTER_ROWS(ncli_center_rows_f32, float)
-CENTER_ROWS(ncli_center_rows_f64, double)
+CENTER_ROWS(ncli_center_rows_f32_f64, float, double)
+CENTER_ROWS(ncli_center_rows_f64_f64, double, double)
+CENTER_ROWS(ncli_center_rows_f32_f32, float, float)
+CENTER_ROWS(ncli_center_rows_f64_f32, double, float)
 
 /* part[q,:] = sum of H[order[r],:] for r in [starts[q], starts[q+1]) (the last segment ends at
  * n), in float64, rows added in the order given. H: (*, p), part: (nseg, p). */
@@ -76,8 +80,8 @@ CENTER_ROWS(ncli_center_rows_f64, double)
 SEGMENT_SUMS(ncli_segment_sums_f32, float)
 SEGMENT_SUMS(ncli_segment_sums_f64, double)
 
-/* Decisions from float32 scores v[i,c] = scale * S[i,c] + offset[c] (float32 arithmetic;
- * S is overwritten with v): best[i] = the first c with the largest v; near[i] = 1 when the
+/* Decisions from float32 scores v[i,c] = scale * S[i,c] + T[r_i, c] (float32 arithmetic;
+ * r_i = rows[i], or 0 for every row when rows is NULL; S is overwritten with v): best[i] = the first c with the largest v; near[i] = 1 when the
  * runner-up is within tol[i] (v_best - v_second <= tol[i], the difference in float32) or any
  * v is not finite, else 0. Rows marked near are decided again exactly by the caller.
  * S: (n, C), C >= 2. Maxima are taken over 16 interleaved lanes (vectorisable; the maximum
@@ -96,10 +100,11 @@ static float max_lanes(const float *v, int64_t lo, int64_t hi) {
     return r;
 }
 
-NCLI_EXPORT NCLI_CLONES void ncli_decide_f32(float *S, int64_t n, int64_t C, float scale, const float *offset,
-                                             const double *tol, int64_t *best, uint8_t *near) {
+NCLI_EXPORT NCLI_CLONES void ncli_decide_f32(float *S, int64_t n, int64_t C, float scale, const float *table,
+                                             const int64_t *rows, const double *tol, int64_t *best, uint8_t *near) {
     for (int64_t i = 0; i < n; i++) {
         float *v = S + i * C;
+        const float *offset = table + (rows != NULL ? rows[i] * C : 0);
         int bad = 0;
         for (int64_t c = 0; c < C; c++) {
             float x = scale * v[c] + offset[c];

@@ -33,10 +33,16 @@ class _NumpyKernels:
 
     @staticmethod
     def center_rows(H: np.ndarray, y: np.ndarray, means: np.ndarray, D: np.ndarray) -> np.ndarray:
-        """D[i] = H[i] − means[y[i]] (float64, in place) and return rn[i] = ‖D[i]‖²."""
-        np.take(means, y, axis=0, out=D)
-        np.subtract(H, D, out=D)
-        return np.einsum("ij,ij->i", D, D)
+        """D[i] = H[i] − means[y[i]], formed in float64 and stored in D (float64, or float32
+        where only float32 products follow); returns rn[i] = ‖H[i] − means[y[i]]‖² from the
+        float64 differences."""
+        if D.dtype == np.float64:
+            np.take(means, y, axis=0, out=D)
+            np.subtract(H, D, out=D)
+            return np.einsum("ij,ij->i", D, D)
+        D64 = H - means[y]
+        D[...] = D64
+        return np.einsum("ij,ij->i", D64, D64)
 
     @staticmethod
     def segment_sums(H: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -49,13 +55,16 @@ class _NumpyKernels:
         return part
 
     @staticmethod
-    def decide(S: np.ndarray, scale: float, offset: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(best, near) of float32 scores v = scale·S + offset: best = first argmax per row;
+    def decide(
+        S: np.ndarray, scale: float, table: np.ndarray, tol: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(best, near) of float32 scores v[i] = scale·S[i] + table[rows[i]] (``table`` a
+        (C,) vector added to every row when ``rows`` is None): best = first argmax per row;
         near = runner-up within ``tol`` (difference in float32) or a score not finite.
         S is overwritten (scratch)."""
         if scale != 1.0:
             S *= np.float32(scale)
-        S += offset
+        S += table if rows is None else table[rows]
         finite = np.isfinite(S).all(axis=1)
         best = np.argmax(np.where(np.isfinite(S), S, -np.inf), axis=1)
         ar = np.arange(S.shape[0])
@@ -81,13 +90,14 @@ class _CKernels:
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
         for suffix, tp in (("f32", _f32p), ("f64", _f64p)):
-            f = getattr(lib, f"ncli_center_rows_{suffix}")
-            f.argtypes = [tp, _i64, _i64, _i64p, _f64p, _f64p, _f64p]
-            f.restype = None
+            for out, op in (("f32", _f32p), ("f64", _f64p)):
+                f = getattr(lib, f"ncli_center_rows_{suffix}_{out}")
+                f.argtypes = [tp, _i64, _i64, _i64p, _f64p, op, _f64p]
+                f.restype = None
             f = getattr(lib, f"ncli_segment_sums_{suffix}")
             f.argtypes = [tp, _i64, _i64, _i64p, _i64p, _i64, _f64p]
             f.restype = None
-        lib.ncli_decide_f32.argtypes = [_f32p, _i64, _i64, ctypes.c_float, _f32p, _f64p, _i64p, _u8p]
+        lib.ncli_decide_f32.argtypes = [_f32p, _i64, _i64, ctypes.c_float, _f32p, ctypes.c_void_p, _f64p, _i64p, _u8p]
         lib.ncli_decide_f32.restype = None
         lib.ncli_ncc_coords.argtypes = [_f64p, _i64, _i64, _f64p, _i64p, ctypes.c_void_p, _f32p, _f64p]
         lib.ncli_ncc_coords.restype = None
@@ -104,8 +114,11 @@ class _CKernels:
     def center_rows(self, H, y, means, D):
         H, suffix = self._rows(H)
         n, p = H.shape
+        out = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}[D.dtype]
+        if D.shape != (n, p) or means.shape[1] != p or y.shape != (n,):
+            raise ValueError("center_rows: shapes do not match")
         rn = np.empty(n, dtype=np.float64)
-        getattr(self._lib, f"ncli_center_rows_{suffix}")(H, n, p, y, means, D, rn)
+        getattr(self._lib, f"ncli_center_rows_{suffix}_{out}")(H, n, p, y, means, D, rn)
         return rn
 
     def segment_sums(self, H, order, starts):
@@ -115,11 +128,15 @@ class _CKernels:
         getattr(self._lib, f"ncli_segment_sums_{suffix}")(H, n, p, order, starts, starts.size, part)
         return part
 
-    def decide(self, S, scale, offset, tol):
+    def decide(self, S, scale, table, tol, rows=None):
         n, C = S.shape
+        if table.shape[-1] != C or tol.shape != (n,) or (rows is not None and (rows.shape != (n,) or table.ndim != 2)):
+            raise ValueError("decide: shapes do not match")
+        if rows is not None and not (rows.dtype == np.int64 and rows.flags.c_contiguous):
+            raise ValueError("decide: rows must be contiguous int64")
         best = np.empty(n, dtype=np.int64)
         near = np.empty(n, dtype=np.uint8)
-        self._lib.ncli_decide_f32(S, n, C, scale, offset, tol, best, near)
+        self._lib.ncli_decide_f32(S, n, C, scale, table, None if rows is None else rows.ctypes.data, tol, best, near)
         return best, near.view(bool)
 
     def ncc_coords(self, Z, coords, y, proj):

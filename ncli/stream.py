@@ -210,6 +210,22 @@ class SplitResult:
             self.disagree_per_class += np.bincount(y[dis], minlength=C)
 
 
+NC1_METHODS = ("auto", "project", "scatter")
+NC1_METHOD = "auto"  # tests force "project" or "scatter"
+
+
+def nc1_method(p: int, k: int, C: int) -> str:
+    """How pass 2 gets Σ_W projected on span(M), per the cost per row in float64 multiply-adds
+    (a float32 one counts half):
+      "project": Z = D·U (p·k) and NCC scores from Z (k·C/2);
+      "scatter": Σ_W = Σ DᵀD by a symmetric rank-k update (p²/2), projected once at the end,
+                 and NCC scores straight from D (p·C/2).
+    The scatter wins when k approaches p (C ≳ p, e.g. ImageNet with p = 512)."""
+    if NC1_METHOD != "auto":
+        return NC1_METHOD
+    return "scatter" if p * p / 2 + p * C / 2 < p * k + k * C / 2 else "project"
+
+
 def evaluate_split(
     ff: FeatureFile,
     split: str,
@@ -224,21 +240,38 @@ def evaluate_split(
     workers: int = 1,
 ) -> SplitResult:
     """Pass 2 over one split (see module docstring), blocks on ``workers`` threads (same
-    operations, same order of accumulation, same results)."""
+    operations, same order of accumulation, same results).
+
+    NC1 needs Σ_W projected on span(M) on the accumulated split only; see :func:`nc1_method`
+    for the two ways. NCC decisions come from the U coordinates where those are computed
+    anyway ("project"), and otherwise straight from the centred rows in float32: splits
+    that are only evaluated never pay for the float64 projection."""
     C, p = means.shape
     U = basis.U  # (p, k)
     k = U.shape[1]
-    coords = basis.coords  # (C, k): μ_c − μ_G in U coordinates
-    sq_norm_m = np.einsum("ck,ck->c", coords, coords)  # ‖μ_c − μ_G‖²
+    coords = basis.coords  # (C, k): m_c = μ_c − μ_G in U coordinates
+    sq_norm_m = np.einsum("ck,ck->c", coords, coords)  # ‖m_c‖²
     have_w = W is not None
     max_norm_m = float(np.sqrt(sq_norm_m.max()))
-    coords32 = np.ascontiguousarray(coords.T, dtype=np.float32)  # (k, C)
-    # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G, m_c = μ_c − μ_G in U coordinates) are formed
-    # in float32: error ≤ (2k + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² (u = 2⁻²⁴, rounding of e, m, the
-    # GEMM and the subtraction); ×4 margin. Rivals within it are re-decided exactly.
-    sq_norm_m32 = sq_norm_m.astype(np.float32)
-    ncc_rtol = 4.0 * (2 * k + 8) * 2.0**-24
-    ncc_atol = 4.0 * 3 * 2.0**-24 * float(sq_norm_m.max())
+    method = nc1_method(p, k, C) if accumulate else "direct"
+    u32 = 2.0**-24  # float32 unit roundoff
+    if method == "project":
+        # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G in U coordinates) in float32: error
+        # ≤ (2k + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² (rounding of e, m, the GEMM and the
+        # subtraction); ×4 margin (a difference of two scores, and 2× to spare).
+        coords32 = np.ascontiguousarray(coords.T, dtype=np.float32)  # (k, C)
+        ncc_table = (-sq_norm_m).astype(np.float32)  # added to every row
+        ncc_rtol = 4.0 * (2 * k + 8) * u32
+        ncc_atol = 4.0 * 3 * u32 * float(sq_norm_m.max())
+    else:
+        # NCC scores from d = h − μ_y: 2⟨e, m_c⟩ − ‖m_c‖² = 2⟨d, m_c⟩ + t[y, c] with
+        # t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖² (float64, then rounded once). In float32: error
+        # ≤ (2p + 8) u ‖d‖ ‖m_c‖ (rounding of d, m and the p-term GEMM, doubled) + 3 u (‖t‖∞
+        # rounding, the addition); ×4 margin as above.
+        Mt32 = np.ascontiguousarray(U @ coords.T, dtype=np.float32)  # (p, C): columns m_c
+        ncc_table = (2.0 * (coords @ coords.T) - sq_norm_m[None, :]).astype(np.float32)  # (C, C)
+        ncc_rtol = 4.0 * (2 * p + 8) * u32
+        ncc_atol = 4.0 * 3 * u32 * 3.0 * float(sq_norm_m.max())
     norm_means = np.linalg.norm(means, axis=1)
     if have_w:
         # Logits are formed in float32 (the network's own precision, twice the speed), then
@@ -246,10 +279,10 @@ def evaluate_split(
         # |fl32(h·w) − h·w| ≤ (p + 2) u ‖h‖ ‖w‖ (u = 2⁻²⁴, incl. rounding W to float32).
         W32 = np.ascontiguousarray(W.T, dtype=np.float32)  # (p, C)
         max_norm_w = float(np.linalg.norm(W, axis=1).max())
-        logit_rtol = 4.0 * (p + 2) * 2.0**-24
+        logit_rtol = 4.0 * (p + 2) * u32
         b32 = b.astype(np.float32)
         # + rounding of b and of the addition: ≤ u (|b| + |logit|); ×4 margin
-        logit_atol = 4.0 * 2.0**-24 * (2.0 * float(np.abs(b).max()))
+        logit_atol = 4.0 * u32 * (2.0 * float(np.abs(b).max()))
     res = SplitResult(
         class_counts=np.zeros(C, dtype=np.int64),
         disagree_per_class=np.zeros(C, dtype=np.int64),
@@ -258,17 +291,17 @@ def evaluate_split(
     if accumulate:
         res.ss_within = np.zeros(C, dtype=np.float64)
         res.proj_ss = np.zeros(k, dtype=np.float64)
+        scatter = np.zeros((p, p), dtype=np.float64) if method == "scatter" else None
     bufs = _Buffers()
-
     K = kernels.active
-    offset_ncc = -sq_norm_m32
 
     def block_stats(ch: Chunk):
         """Everything for one block; returns small per-block results."""
         H, y = ch.features, ch.labels
         n = y.shape[0]
-        D = bufs.get("D", (n, p))
-        rn = K.center_rows(H, y, means, D)  # D = h − μ_y in float64, rn = ‖D‖² per row
+        # D = h − μ_y (float32 where only the NCC product uses it), rn = ‖h − μ_y‖² per row
+        D = bufs.get("D", (n, p), np.float32 if method == "direct" else np.float64)
+        rn = K.center_rows(H, y, means, D)
         if not np.isfinite(rn).all():
             raise _nonfinite_error(ff, split, ch.start, H)
         y_net = None
@@ -277,22 +310,40 @@ def evaluate_split(
             tol = 2.0 * logit_rtol * (np.sqrt(rn) + norm_means[y]) * max_norm_w + logit_atol
             y_net, near = K.decide(logits, 1.0, b32, tol)  # argmax(logits + b), rivals within tol
             _settle(y_net, near, lambda rows: H[rows].astype(np.float64) @ W.T + b)
-        Z = bufs.get("Z", (n, k))
-        np.matmul(D, U, out=Z)  # float64 coordinates of h − μ_y in span(M)
-        proj = np.zeros(k) if accumulate else None
-        # E = Z + coords[y]: h − μ_G in U coordinates (float32 copy, ‖E‖²); proj += Σ Z²
-        E32, en = K.ncc_coords(Z, coords, y, proj)
         ss = np.bincount(y, weights=rn, minlength=C) if accumulate else None
-        # NCC: argmin_c ‖h − μ_c‖² = argmax_c 2 ⟨h − μ_G, μ_c − μ_G⟩ − ‖μ_c − μ_G‖², in float32
-        score = E32 @ coords32
-        tol = ncc_rtol * np.sqrt(en) * max_norm_m + ncc_atol
-        y_ncc, near = K.decide(score, 2.0, offset_ncc, tol)
+        part = None
+        # NCC: argmin_c ‖h − μ_c‖² = argmax_c 2 ⟨h − μ_G, m_c⟩ − ‖m_c‖², in float32, rivals
+        # within the rounding bound re-decided exactly
+        if method == "project":
+            Z = bufs.get("Z", (n, k))
+            np.matmul(D, U, out=Z)  # float64 coordinates of h − μ_y in span(M)
+            part = np.zeros(k)
+            # E = Z + coords[y]: h − μ_G in U coordinates (float32 copy, ‖E‖²); part = Σ Z²
+            E32, en = K.ncc_coords(Z, coords, y, part)
+            score = E32 @ coords32
+            tol = ncc_rtol * np.sqrt(en) * max_norm_m + ncc_atol
+            y_ncc, near = K.decide(score, 2.0, ncc_table, tol)
+        else:
+            if method == "scatter":
+                part = D.T @ D  # float64 (p, p), a symmetric rank-n update (syrk)
+                D32 = bufs.get("D32", (n, p), np.float32)
+                np.copyto(D32, D)
+            else:
+                D32 = D
+            score = D32 @ Mt32
+            tol = ncc_rtol * np.sqrt(rn) * max_norm_m + ncc_atol
+            y_ncc, near = K.decide(score, 2.0, ncc_table, tol, y)
         _settle(y_ncc, near, lambda rows: -_sq_distances(H[rows], means))
-        return y, y_ncc, y_net, ss, proj
+        return y, y_ncc, y_net, ss, part
 
-    for y, y_ncc, y_net, ss, proj in ordered_map(block_stats, blocks(ff, split, chunk_rows, layer), workers):
+    for y, y_ncc, y_net, ss, part in ordered_map(block_stats, blocks(ff, split, chunk_rows, layer), workers):
         if accumulate:
             res.ss_within += ss
-            res.proj_ss += proj
+            if scatter is not None:
+                scatter += part
+            else:
+                res.proj_ss += part
         res.count(y, y_ncc, y_net)
+    if accumulate and scatter is not None:
+        res.proj_ss = np.einsum("pj,pj->j", scatter @ U, U)  # u_jᵀ (Σ DᵀD) u_j
     return res

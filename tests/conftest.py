@@ -28,3 +28,12 @@ def kernel_backend(request, monkeypatch):
     else:
         monkeypatch.setattr(K, "active", K.numpy_kernels)
     return request.param
+
+
+@pytest.fixture(params=["project", "scatter"])
+def nc1_method(request, monkeypatch):
+    """Run a test with both ways pass 2 projects Σ_W (ncli.stream.nc1_method)."""
+    import ncli.stream
+
+    monkeypatch.setattr(ncli.stream, "NC1_METHOD", request.param)
+    return request.param

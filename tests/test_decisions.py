@@ -16,7 +16,7 @@ DEVICES = ["cpu", pytest.param("torch:cpu", marks=pytest.mark.skipif(importlib.u
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_near_tied_logits_match_float64(tmp_path, rng, device, kernel_backend):
+def test_near_tied_logits_match_float64(tmp_path, rng, device, kernel_backend, nc1_method):
     # Two classifier rows differing by 1e-9 relative: float32 logits cannot tell them apart,
     # float64 can. ncli must reproduce the float64 decisions exactly.
     C, p, n = 3, 64, 4000
@@ -52,7 +52,7 @@ def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device, kernel_backe
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_near_tied_class_centres_match_float64(tmp_path, rng, device, kernel_backend):
+def test_near_tied_class_centres_match_float64(tmp_path, rng, device, kernel_backend, nc1_method):
     # Classes 0 and 1 have means 1e-6 apart (relative): which centre is nearer is decided
     # by float64 distances; float32 scores alone would get some rows wrong.
     C, p, n = 3, 16, 6000
@@ -61,15 +61,18 @@ def test_near_tied_class_centres_match_float64(tmp_path, rng, device, kernel_bac
     y = np.arange(n) % C
     H = (means[y] + 1e-3 * rng.standard_normal((n, p))).astype(np.float32)
     W = rng.standard_normal((C, p))
-    path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W)
+    # the same rows again as a test split: evaluated only (NCC scores from the centred rows)
+    path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}, "test": {"features": H, "labels": y}},
+                          num_classes=C, weight=W)
     rec = measure_file(path, chunk_rows=1000, device=device)
     H64 = H.astype(np.float64)
     mus = np.stack([H64[y == c].mean(0) for c in range(C)])
     d = ((H64[:, None, :] - mus[None]) ** 2).sum(-1)
     y_ncc = np.argmin(d, axis=1)
-    assert rec["splits"]["train"]["ncc_accuracy"] == np.count_nonzero(y_ncc == y) / n
     y_net = np.argmax(H64 @ W.T, axis=1)
-    assert rec["splits"]["train"]["ncc_disagreement"] == np.count_nonzero(y_net != y_ncc) / n
+    for split in ("train", "test"):
+        assert rec["splits"][split]["ncc_accuracy"] == np.count_nonzero(y_ncc == y) / n
+        assert rec["splits"][split]["ncc_disagreement"] == np.count_nonzero(y_net != y_ncc) / n
     # not vacuous: float32 distances (expanded form, as a fast implementation would do) disagree
     H32, m32 = H.astype(np.float32), mus.astype(np.float32)
     d32 = (m32 * m32).sum(1)[None] - 2 * H32 @ m32.T

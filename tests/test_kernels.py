@@ -156,3 +156,60 @@ def test_compiled_and_numpy_measure_agree(tmp_path, rng):
 def test_backend_is_reported():
     assert K.BACKEND in ("compiled", "numpy")
     assert K.active is K.compiled_kernels or K.active is K.numpy_kernels
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_center_rows_float32_output(kern, dtype, rng):
+    """float32 D holds the rounded float64 differences; rn is from the float64 ones."""
+    n, p, C = 200, 21, 5
+    H = (rng.standard_normal((n, p)) + 10).astype(dtype)
+    y = rng.integers(0, C, n).astype(np.int64)
+    means = rng.standard_normal((C, p)) + 10
+    D = np.empty((n, p), dtype=np.float32)
+    rn = kern.center_rows(H, y, means, D)
+    want = H.astype(np.float64) - means[y]
+    np.testing.assert_array_equal(D, want.astype(np.float32))
+    np.testing.assert_allclose(rn, (want**2).sum(axis=1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("kern", BACKENDS)
+def test_decide_with_row_table(kern, rng):
+    """v[i] = scale·S[i] + T[rows[i]]: a per-label offset row."""
+    n, C = 300, 7
+    S = rng.standard_normal((n, C)).astype(np.float32)
+    T = rng.standard_normal((C, C)).astype(np.float32)
+    rows = rng.integers(0, C, n).astype(np.int64)
+    tol = np.full(n, 1e-2)
+    best, near = kern.decide(S.copy(), 2.0, T, tol, rows)
+    v = (np.float32(2.0) * S + T[rows]).astype(np.float32)
+    np.testing.assert_array_equal(best, np.argmax(v, axis=1))
+    top = np.sort(v, axis=1)
+    np.testing.assert_array_equal(near, (top[:, -1] - top[:, -2]).astype(np.float32) <= tol)
+
+
+def test_nc1_method_cost_model():
+    from ncli.stream import nc1_method
+
+    assert nc1_method(512, 100, 100) == "project"  # C << p: project on the k = C directions
+    assert nc1_method(2048, 999, 1000) == "project"
+    assert nc1_method(512, 512, 1000) == "scatter"  # k = p (ImageNet, p = 512): p x p scatter
+    assert nc1_method(5, 5, 12) == "scatter"
+
+
+def test_scatter_is_reproducible(tmp_path, rng, monkeypatch):
+    """Per-block p x p partial sums added in file order: bit-identical across threads and reads."""
+    import ncli.stream
+    from ncli.fileformat import write_features
+    from ncli.measure import measure_file
+
+    monkeypatch.setattr(ncli.stream, "NC1_METHOD", "scatter")
+    C, p, n = 30, 12, 9000
+    means = rng.standard_normal((C, p)) * 2
+    y = rng.integers(0, C, n)
+    H = (means[y] + rng.standard_normal((n, p))).astype(np.float32)
+    path = write_features(tmp_path / "s.h5", {"train": {"features": H, "labels": y}}, num_classes=C,
+                          weight=rng.standard_normal((C, p)))
+    first = measure_file(path, per_class=True, threads=1)
+    assert measure_file(path, per_class=True, threads=2) == first
+    assert measure_file(path, per_class=True, threads=2, chunk_rows=1000) == first

@@ -150,7 +150,7 @@ def _two_pass_sigma2(H32: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 4093])
-def test_collapsed_class_sigma2_exact(tmp_path, chunk_rows, kernel_backend):
+def test_collapsed_class_sigma2_exact(tmp_path, chunk_rows, kernel_backend, nc1_method):
     """Class 0: 50,000 float32 rows at 10 (every coordinate) with spread 1e-3; class 1 alike at
     −10. σ_c² ≈ p·1e-6 against E‖h‖² ≈ p·100: a one-pass E[h²] − μ² loses ~8 digits even in
     float64. "Exact" = the float64 two-pass value of the stored float32 rows, to relative 1e-9."""

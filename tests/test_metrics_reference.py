@@ -113,7 +113,7 @@ def build(case: Case, path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_matches_reference(case, tmp_path, kernel_backend):
+def test_matches_reference(case, tmp_path, kernel_backend, nc1_method):
     path = tmp_path / "f.h5"
     ref = build(case, path)
     rec = measure.measure_file(
