@@ -80,26 +80,74 @@ CENTER_ROWS(ncli_center_rows_f64_f32, double, float)
 SEGMENT_SUMS(ncli_segment_sums_f32, float)
 SEGMENT_SUMS(ncli_segment_sums_f64, double)
 
-/* Decisions from float32 scores v[i,c] = scale * S[i,c] + T[r_i, c] (float32 arithmetic;
- * r_i = rows[i], or 0 for every row when rows is NULL; S is overwritten with v): best[i] = the first c with the largest v; near[i] = 1 when the
- * runner-up is within tol[i] (v_best - v_second <= tol[i], the difference in float32) or any
- * v is not finite, else 0. Rows marked near are decided again exactly by the caller.
- * S: (n, C), C >= 2. Maxima are taken over 16 interleaved lanes (vectorisable; the maximum
- * of finite numbers does not depend on the order). */
-#define LANES 16
-static float max_lanes(const float *v, int64_t lo, int64_t hi) {
-    float m[LANES];
-    for (int t = 0; t < LANES; t++) m[t] = -INFINITY;
-    int64_t c = lo;
-    for (; c + LANES <= hi; c += LANES) {
-        for (int t = 0; t < LANES; t++) m[t] = v[c + t] > m[t] ? v[c + t] : m[t];
+/* The largest and second largest of v[0..C) (all finite) and the first index of the
+ * largest: one pass over eight interleaved lanes, each keeping its largest, second largest
+ * and the index of its largest (ties keep the earlier index), then the lanes are merged.
+ * A tie for the largest gives second == top. */
+#if defined(__GNUC__)
+typedef float ncli_vf8 __attribute__((vector_size(32)));
+typedef int32_t ncli_vi8 __attribute__((vector_size(32)));
+#define NCLI_SEL(mask, a, b) ((ncli_vf8)(((ncli_vi8)(a) & (mask)) | ((ncli_vi8)(b) & ~(mask))))
+#endif
+
+static inline void top2(const float *v, int64_t C, float *top, float *second, int64_t *arg) {
+    float t1 = -INFINITY, t2 = -INFINITY;
+    int64_t a1 = 0, c = 0;
+#if defined(__GNUC__)
+    if (C >= 16 && C < INT32_MAX) {
+        ncli_vf8 m1, m2, x;
+        ncli_vi8 ci = {0, 1, 2, 3, 4, 5, 6, 7}, i1;
+        const ncli_vi8 eight = {8, 8, 8, 8, 8, 8, 8, 8};
+        memcpy(&m1, v, sizeof m1);
+        i1 = ci;
+        for (int t = 0; t < 8; t++) m2[t] = -INFINITY;
+        for (c = 8; c + 8 <= C; c += 8) {
+            memcpy(&x, v + c, sizeof x);
+            ci += eight;
+            ncli_vi8 gt = x > m1;                /* strictly larger: ties keep the earlier index */
+            ncli_vf8 lo = NCLI_SEL(gt, m1, x);   /* the smaller of the two (x when equal) */
+            ncli_vi8 g2 = lo > m2;
+            m2 = NCLI_SEL(g2, lo, m2);
+            m1 = NCLI_SEL(gt, x, m1);
+            i1 = (gt & ci) | (~gt & i1);
+        }
+        int lane = 0;
+        t1 = m1[0];
+        a1 = i1[0];
+        for (int t = 1; t < 8; t++) {
+            if (m1[t] > t1 || (m1[t] == t1 && i1[t] < a1)) {
+                t1 = m1[t];
+                a1 = i1[t];
+                lane = t;
+            }
+        }
+        for (int t = 0; t < 8; t++) {
+            if (m2[t] > t2) t2 = m2[t];
+            if (t != lane && m1[t] > t2) t2 = m1[t];
+        }
     }
-    for (int t = 0; c < hi; c++, t++) m[t] = v[c] > m[t] ? v[c] : m[t];
-    float r = m[0];
-    for (int t = 1; t < LANES; t++) r = m[t] > r ? m[t] : r;
-    return r;
+#endif
+    for (; c < C; c++) { /* the tail, or every element without vector extensions */
+        float x = v[c];
+        if (x > t1) {
+            t2 = t1;
+            t1 = x;
+            a1 = c;
+        } else if (x > t2) {
+            t2 = x;
+        }
+    }
+    *top = t1;
+    *second = t2;
+    *arg = a1;
 }
 
+/* Decisions from float32 scores v[i,c] = scale * S[i,c] + T[r_i, c] (float32 arithmetic;
+ * r_i = rows[i], or 0 for every row when rows is NULL; S is overwritten with v):
+ * best[i] = the first c with the largest v; near[i] = 1 when the runner-up is within tol[i]
+ * (v_best - v_second <= tol[i], the difference in float32) or any v is not finite (best[i]
+ * is then 0), else 0. Rows marked near are decided again exactly by the caller.
+ * S: (n, C), C >= 2. */
 NCLI_EXPORT NCLI_CLONES void ncli_decide_f32(float *S, int64_t n, int64_t C, float scale, const float *table,
                                              const int64_t *rows, const double *tol, int64_t *best, uint8_t *near) {
     for (int64_t i = 0; i < n; i++) {
@@ -111,40 +159,46 @@ NCLI_EXPORT NCLI_CLONES void ncli_decide_f32(float *S, int64_t n, int64_t C, flo
             v[c] = x;
             bad |= !(x - x == 0.0f); /* inf or NaN */
         }
-        float top = max_lanes(v, 0, C);
-        int64_t arg = 0;
-        for (int64_t c = 0; c < C; c++) {
-            if (v[c] == top) {
-                arg = c;
-                break;
-            }
+        if (bad) {
+            best[i] = 0;
+            near[i] = 1;
+            continue;
         }
-        float a = max_lanes(v, 0, arg), b = max_lanes(v, arg + 1, C);
-        float second = a > b ? a : b;
+        float top, second;
+        int64_t arg;
+        top2(v, C, &top, &second, &arg);
         best[i] = arg;
-        near[i] = (uint8_t)(bad || (double)(float)(top - second) <= tol[i]);
+        near[i] = (uint8_t)((double)(float)(top - second) <= tol[i]);
     }
 }
 
 /* NCC coordinates: E[i,:] = Z[i,:] + coords[y[i],:] (h - mu_G in the basis U, from
  * Z = (h - mu_y) U), stored as float32 in E32; en[i] = ||E[i,:]||^2 in float64; when proj is
  * not NULL, proj[j] += Z[i,j]^2, rows added in order. Z: (n, k), coords: (C, k). */
-NCLI_EXPORT void ncli_ncc_coords(const double *Z, int64_t n, int64_t k, const double *coords, const int64_t *y,
+NCLI_EXPORT NCLI_CLONES void ncli_ncc_coords(const double *Z, int64_t n, int64_t k, const double *coords, const int64_t *y,
                                  double *proj, float *E32, double *en) {
     for (int64_t i = 0; i < n; i++) {
         const double *z = Z + i * k;
         const double *m = coords + y[i] * k;
         float *e32 = E32 + i * k;
-        double s = 0.0;
         if (proj != NULL) {
             for (int64_t j = 0; j < k; j++) proj[j] += z[j] * z[j];
         }
-        for (int64_t j = 0; j < k; j++) {
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t j = 0;
+        for (; j + 8 <= k; j += 8) {
+            for (int t = 0; t < 8; t++) {
+                double e = z[j + t] + m[j + t];
+                e32[j + t] = (float)e;
+                a[t] += e * e;
+            }
+        }
+        for (int t = 0; j < k; j++, t++) {
             double e = z[j] + m[j];
             e32[j] = (float)e;
-            s += e * e;
+            a[t] += e * e;
         }
-        en[i] = s;
+        en[i] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
     }
 }
 

@@ -19,10 +19,6 @@ import os
 
 import numpy as np
 
-_f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
-_f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
-_i64p = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
-_u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _i64 = ctypes.c_int64
 
 
@@ -82,71 +78,109 @@ class _NumpyKernels:
         return E.astype(np.float32), np.einsum("ij,ij->i", E, E)
 
 
+def _ptr(a: np.ndarray, dtype) -> int:
+    """The data address of a C-contiguous array of ``dtype`` (checked: the C code trusts it)."""
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"kernel argument must be a C-contiguous {np.dtype(dtype).name} array, not {a.dtype} {a.flags.c_contiguous}")
+    return a.ctypes.data
+
+
+def _check_labels(y: np.ndarray, C: int) -> None:
+    """Row indices the C code will follow must be in [0, C) (a few µs per block)."""
+    if y.size and not (0 <= y.min() and y.max() < C):
+        raise ValueError(f"kernel labels outside [0, {C})")
+
+
 class _CKernels:
-    """The compiled kernels (``_kernels.c``), same contracts as :class:`_NumpyKernels`."""
+    """The compiled kernels (``_kernels.c``), same contracts as :class:`_NumpyKernels`.
+
+    Arguments go to C as plain addresses (ctypes' ndpointer checks cost ~30 µs a call); each
+    array's dtype, contiguity and shape are checked here first."""
 
     name = "compiled"
 
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
-        for suffix, tp in (("f32", _f32p), ("f64", _f64p)):
-            for out, op in (("f32", _f32p), ("f64", _f64p)):
+        vp = ctypes.c_void_p
+        for suffix in ("f32", "f64"):
+            for out in ("f32", "f64"):
                 f = getattr(lib, f"ncli_center_rows_{suffix}_{out}")
-                f.argtypes = [tp, _i64, _i64, _i64p, _f64p, op, _f64p]
+                f.argtypes = [vp, _i64, _i64, vp, vp, vp, vp]
                 f.restype = None
             f = getattr(lib, f"ncli_segment_sums_{suffix}")
-            f.argtypes = [tp, _i64, _i64, _i64p, _i64p, _i64, _f64p]
+            f.argtypes = [vp, _i64, _i64, vp, vp, _i64, vp]
             f.restype = None
-        lib.ncli_decide_f32.argtypes = [_f32p, _i64, _i64, ctypes.c_float, _f32p, ctypes.c_void_p, _f64p, _i64p, _u8p]
+        lib.ncli_decide_f32.argtypes = [vp, _i64, _i64, ctypes.c_float, vp, vp, vp, vp, vp]
         lib.ncli_decide_f32.restype = None
-        lib.ncli_ncc_coords.argtypes = [_f64p, _i64, _i64, _f64p, _i64p, ctypes.c_void_p, _f32p, _f64p]
+        lib.ncli_ncc_coords.argtypes = [vp, _i64, _i64, vp, vp, vp, vp, vp]
         lib.ncli_ncc_coords.restype = None
         self._lib = lib
 
     @staticmethod
-    def _rows(H: np.ndarray) -> tuple[np.ndarray, str]:
-        if H.dtype == np.float32:
-            return np.ascontiguousarray(H), "f32"
+    def _rows(H: np.ndarray) -> tuple[np.ndarray, str, type]:
         if H.dtype == np.float64:
-            return np.ascontiguousarray(H), "f64"
-        return np.ascontiguousarray(H, dtype=np.float32), "f32"  # float16 layers: exact in float32
+            return np.ascontiguousarray(H), "f64", np.float64
+        # float32 as is; float16 layers are exact in float32
+        return np.ascontiguousarray(H, dtype=np.float32), "f32", np.float32
 
     def center_rows(self, H, y, means, D):
-        H, suffix = self._rows(H)
+        H, suffix, dt = self._rows(H)
         n, p = H.shape
         out = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}[D.dtype]
-        if D.shape != (n, p) or means.shape[1] != p or y.shape != (n,):
+        if D.shape != (n, p) or means.ndim != 2 or means.shape[1] != p or y.shape != (n,):
             raise ValueError("center_rows: shapes do not match")
+        _check_labels(y, means.shape[0])
         rn = np.empty(n, dtype=np.float64)
-        getattr(self._lib, f"ncli_center_rows_{suffix}_{out}")(H, n, p, y, means, D, rn)
+        getattr(self._lib, f"ncli_center_rows_{suffix}_{out}")(
+            _ptr(H, dt), n, p, _ptr(y, np.int64), _ptr(means, np.float64), _ptr(D, D.dtype), rn.ctypes.data
+        )
         return rn
 
     def segment_sums(self, H, order, starts):
-        H, suffix = self._rows(H)
+        H, suffix, dt = self._rows(H)
         n, p = H.shape
+        if order.shape != (n,) or starts.ndim != 1 or (starts.size and not 0 <= starts[0] <= starts[-1] <= n):
+            raise ValueError("segment_sums: order/starts do not match the rows")
         part = np.empty((starts.size, p), dtype=np.float64)
-        getattr(self._lib, f"ncli_segment_sums_{suffix}")(H, n, p, order, starts, starts.size, part)
+        getattr(self._lib, f"ncli_segment_sums_{suffix}")(
+            _ptr(H, dt), n, p, _ptr(order, np.int64), _ptr(starts, np.int64), starts.size, part.ctypes.data
+        )
         return part
 
     def decide(self, S, scale, table, tol, rows=None):
         n, C = S.shape
-        if table.shape[-1] != C or tol.shape != (n,) or (rows is not None and (rows.shape != (n,) or table.ndim != 2)):
-            raise ValueError("decide: shapes do not match")
-        if rows is not None and not (rows.dtype == np.int64 and rows.flags.c_contiguous):
-            raise ValueError("decide: rows must be contiguous int64")
+        if rows is None:
+            if table.shape != (C,):
+                raise ValueError("decide: table must have C values")
+            prows = None
+        else:
+            if table.ndim != 2 or table.shape[1] != C or rows.shape != (n,):
+                raise ValueError("decide: shapes do not match")
+            _check_labels(rows, table.shape[0])
+            prows = _ptr(rows, np.int64)
+        if tol.shape != (n,):
+            raise ValueError("decide: tol must have n values")
         best = np.empty(n, dtype=np.int64)
         near = np.empty(n, dtype=np.uint8)
-        self._lib.ncli_decide_f32(S, n, C, scale, table, None if rows is None else rows.ctypes.data, tol, best, near)
+        self._lib.ncli_decide_f32(
+            _ptr(S, np.float32), n, C, scale, _ptr(table, np.float32), prows, _ptr(tol, np.float64),
+            best.ctypes.data, near.ctypes.data,
+        )
         return best, near.view(bool)
 
     def ncc_coords(self, Z, coords, y, proj):
         n, k = Z.shape
+        if coords.ndim != 2 or coords.shape[1] != k or y.shape != (n,):
+            raise ValueError("ncc_coords: shapes do not match")
+        if proj is not None and proj.shape != (k,):
+            raise ValueError("ncc_coords: proj must have k values")
+        _check_labels(y, coords.shape[0])
         E32 = np.empty((n, k), dtype=np.float32)
         en = np.empty(n, dtype=np.float64)
-        ptr = None if proj is None else proj.ctypes.data
-        if proj is not None and not (proj.dtype == np.float64 and proj.flags.c_contiguous and proj.shape == (k,)):
-            raise ValueError("proj must be a contiguous float64 array of k values")
-        self._lib.ncli_ncc_coords(Z, n, k, coords, y, ptr, E32, en)
+        self._lib.ncli_ncc_coords(
+            _ptr(Z, np.float64), n, k, _ptr(coords, np.float64), _ptr(y, np.int64),
+            None if proj is None else _ptr(proj, np.float64), E32.ctypes.data, en.ctypes.data,
+        )
         return E32, en
 
 

@@ -1,19 +1,20 @@
 """Streaming accumulation of the sufficient statistics over a feature file (two passes).
 
 Pass 1 (train split): per-class counts and float64 sums          → class means μ_c.
-Pass 2 (every split): D = h − μ_y in float64 and Z = D·U (U: orthonormal basis of the
-span of the centred means, k = min(p, C) columns), one float64 GEMM per block:
-  - train only: Σ‖D‖² per class (σ_c², Tr Σ_W) and Σ Z² (Σ_W projected on span(M));
-  - all splits: NCC decision argmin ‖h − μ_c‖ from Z (the distances to all class means
-    live in those k coordinates: no N × C × p work) and the network decision
-    argmax(hWᵀ + b) from a float32 GEMM. Decisions that float32 rounding could change are
-    recomputed directly in float64, so every decision equals the spec's formula.
+Pass 2 (every split): d = h − μ_y formed in float64 for every row, and
+  - train only: Σ‖d‖² per class (σ_c², Tr Σ_W) and Σ_W projected on span(M) (U: orthonormal
+    basis of the span of the centred means, k = min(p, C) columns), either as Σ (dᵀU)² from
+    one float64 GEMM Z = D·U per block, or, where cheaper (k near p), from the p × p
+    scatter Σ DᵀD projected once at the end (:func:`nc1_method`);
+  - all splits: the NCC decision argmin ‖h − μ_c‖ and the network decision argmax(hWᵀ + b),
+    both scored in float32 (NCC from Z on the train split when Z is computed, else from d: no
+    N × C × p work either way). Decisions that float32 rounding could change are recomputed
+    directly in float64, so every decision equals the spec's formula.
 Rows are processed in fixed, aligned blocks (:func:`block_rows`), on one or more worker
 threads, by the fused per-block kernels of :mod:`ncli.kernels` (compiled C, or numpy);
 block results are added in file order, so results are bit-identical whatever the read size
-and the thread count. Memory is
-O(chunk_rows · p + C · p), independent of N. Numbers only, no metric formulas
-(:mod:`ncli.metrics`) and no CLI.
+and the thread count. Memory is O(chunk_rows · p + C · p + C²), plus p² for the scatter,
+independent of N. Numbers only, no metric formulas (:mod:`ncli.metrics`) and no CLI.
 """
 
 from __future__ import annotations
@@ -210,8 +211,7 @@ class SplitResult:
             self.disagree_per_class += np.bincount(y[dis], minlength=C)
 
 
-NC1_METHODS = ("auto", "project", "scatter")
-NC1_METHOD = "auto"  # tests force "project" or "scatter"
+NC1_METHOD = "auto"  # "project" or "scatter" forces one (tests, benchmarks)
 
 
 def nc1_method(p: int, k: int, C: int) -> str:
@@ -265,9 +265,10 @@ def evaluate_split(
         ncc_atol = 4.0 * 3 * u32 * float(sq_norm_m.max())
     else:
         # NCC scores from d = h − μ_y: 2⟨e, m_c⟩ − ‖m_c‖² = 2⟨d, m_c⟩ + t[y, c] with
-        # t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖² (float64, then rounded once). In float32: error
-        # ≤ (2p + 8) u ‖d‖ ‖m_c‖ (rounding of d, m and the p-term GEMM, doubled) + 3 u (‖t‖∞
-        # rounding, the addition); ×4 margin as above.
+        # t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖² (float64, then rounded once). In float32 the error
+        # per score is ≤ (2p + 8) u ‖d‖ ‖m_c‖ (rounding of d, m and the p-term GEMM, doubled)
+        # + 9 u max‖m‖² (rounding of t, |t| ≤ 3 max‖m‖², and of the addition, with slack);
+        # ×4 margin as above.
         Mt32 = np.ascontiguousarray(U @ coords.T, dtype=np.float32)  # (p, C): columns m_c
         ncc_table = (2.0 * (coords @ coords.T) - sq_norm_m[None, :]).astype(np.float32)  # (C, C)
         ncc_rtol = 4.0 * (2 * p + 8) * u32

@@ -77,7 +77,7 @@ def _decide_reference(S, scale, offset, tol):
 
 
 @pytest.mark.parametrize("kern", BACKENDS)
-@pytest.mark.parametrize("C", [2, 3, 16, 17, 100])
+@pytest.mark.parametrize("C", [2, 3, 8, 9, 16, 17, 23, 100, 1000])
 def test_decide(kern, C, rng):
     n = 400
     S = rng.standard_normal((n, C)).astype(np.float32)
