@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is imported when a table is drawn (`--json` runs never load it)
+    from rich.console import Console
+    from rich.table import Table
 
 CAPTIONS = {
     "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C",
@@ -64,6 +66,8 @@ def fmt(value) -> str:
 
 
 def make_console(file=None) -> Console:
+    from rich.console import Console
+
     file = file or sys.stdout
     is_tty = hasattr(file, "isatty") and file.isatty()
     if is_tty:
@@ -89,6 +93,8 @@ def _title(rec: dict) -> str:
 
 
 def metrics_table(records: list[dict]) -> Table:
+    from rich.table import Table
+
     single = len(records) == 1
     table = Table()
     table.add_column("metric", no_wrap=True)
@@ -107,6 +113,8 @@ def splits_heading(rec: dict, with_file: bool = False) -> str:
 
 
 def splits_table(rec: dict) -> Table:
+    from rich.table import Table
+
     table = Table()
     for col in ("split", "samples", "accuracy", "ncc_accuracy", "ncc_disagreement"):
         table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
@@ -118,6 +126,8 @@ def splits_table(rec: dict) -> Table:
 
 
 def per_class_table(rec: dict) -> Table:
+    from rich.table import Table
+
     splits = list(rec["splits"])
     table = Table()
     cols = ["class", "name", "N_c", "σ_c²", "‖μ_c−μ_G‖", "‖w_c‖", "cos(w_c, μ_c−μ_G)"]
