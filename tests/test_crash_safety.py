@@ -308,8 +308,11 @@ def test_interrupt_at_any_point_of_a_put_never_hangs_the_writer_thread():
         for trial in range(300):
             sink = _Sink(SlowWriter(), np.eye(3), None, flush_rows=1, maxsize=2)
             sink.start()
-            signal.setitimer(signal.ITIMER_REAL, rnd.uniform(0.0005, 0.005))
+            # the timer is armed inside the block: the interrupt can only strike in there (armed
+            # just before it, a thread switch could delay the main thread past the alarm and the
+            # interrupt escaped the test, stopping the whole pytest run)
             with pytest.raises(KeyboardInterrupt):  # nothing else (e.g. "release unlocked lock")
+                signal.setitimer(signal.ITIMER_REAL, rnd.uniform(0.0005, 0.005))
                 while True:
                     sink.put("train", features=H, labels=y, logits=H, index=y, layers={})
             stopper = threading.Thread(target=sink.cancel, daemon=True)

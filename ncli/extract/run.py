@@ -490,6 +490,11 @@ def write_rows(
     b64 = None if job.bias is None else job.bias.astype(np.float64)
     ranges = {s.split: (rows or {}).get(s.split, (0, s.num_samples)) for s in job.sources}
     attrs = dict(job.attrs, **(extra_attrs or {}))
+    # Everything imported lazily (rich's progress bar) is imported before the output file is
+    # opened: a Ctrl-C that lands inside CPython's eval of a string (namedtuple creation during
+    # an import) makes the interpreter re-raise SIGINT at exit even when the interrupt is
+    # handled, so a run interrupted while writing could end by signal instead of exit 130.
+    bar_cm = _progress(progress)
     with FeatureWriter(path, num_classes=C, force=force, attrs=attrs, compression=compression) as w:
         w.set_classifier(job.weight, job.bias)
         if job.class_names is not None:
@@ -503,7 +508,7 @@ def write_rows(
         sink = _Sink(w, W64, b64, max(flush_rows, bs), threaded=spare_core)
         sink.start()
         try:
-            with _progress(progress) as bar, torch.inference_mode(), ctx:
+            with bar_cm as bar, torch.inference_mode(), ctx:
                 for s in job.sources:
                     start, stop = ranges[s.split]
                     if stop <= start:
