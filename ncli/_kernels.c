@@ -25,7 +25,11 @@
 #define NCLI_CLONES
 #endif
 
+#if defined(_WIN32)
+#define NCLI_EXPORT __declspec(dllexport) /* ctypes finds only exported symbols in a DLL */
+#else
 #define NCLI_EXPORT
+#endif
 
 /* D[i,:] = H[i,:] - M[y[i],:], each difference formed in float64 (stored as TOUT: float64,
  * or float32 where only float32 products follow), and rn[i] = ||H[i,:] - M[y[i],:]||^2 from

@@ -97,23 +97,14 @@ def _nonfinite_error(ff: FeatureFile, split: str, start: int, H: np.ndarray, wha
 
 
 class _Segments:
-    """A stable sort of a chunk's labels into contiguous runs, one per class present."""
+    """A stable sort of a block's labels into contiguous runs, one per class present:
+    ``order`` sorts the rows, run q starts at ``starts[q]`` and holds class ``classes[q]``."""
 
     def __init__(self, labels: np.ndarray):
         self.order = np.argsort(labels, kind="stable")
-        self.sorted_labels = labels[self.order]
-        ys = self.sorted_labels
+        ys = labels[self.order]
         self.starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]]) if ys.size else np.zeros(0, np.int64)
-        self.ends = np.r_[self.starts[1:], ys.size].astype(np.int64)
         self.classes = ys[self.starts]
-
-    def __iter__(self):
-        return zip(self.classes.tolist(), self.starts.tolist(), self.ends.tolist())
-
-    def counts(self, C: int) -> np.ndarray:
-        out = np.zeros(C, dtype=np.int64)
-        out[self.classes] = self.ends - self.starts
-        return out
 
 
 class _Buffers(threading.local):
@@ -153,11 +144,11 @@ def class_sums(
         part = K.segment_sums(ch.features, seg.order, seg.starts)  # float64, one row per class present
         if not np.isfinite(part).all():
             raise _nonfinite_error(ff, split, ch.start, ch.features)
-        return seg, part
+        return seg.classes, part, np.bincount(ch.labels, minlength=C)
 
-    for seg, part in ordered_map(block_sums, blocks(ff, split, chunk_rows, layer), workers):
-        sums[seg.classes] += part
-        counts += seg.counts(C)
+    for classes, part, n_c in ordered_map(block_sums, blocks(ff, split, chunk_rows, layer), workers):
+        sums[classes] += part
+        counts += n_c
     return counts, sums
 
 
