@@ -342,3 +342,52 @@ def test_an_interrupt_wrapped_by_python_is_still_an_interrupt():
     with pytest.raises(typer.Exit) as info:
         command()
     assert info.value.exit_code == 130
+
+
+def test_a_swallowed_interrupt_is_raised_again():
+    """A KeyboardInterrupt lost where Python only prints "Exception ignored" (a __del__ run by
+    the garbage collector) is raised again at the next check: the run stops, no file is
+    committed."""
+    from ncli.extract.run import _InterruptGuard
+
+    class Finalised:
+        def __del__(self):
+            try:
+                signal.raise_signal(signal.SIGINT)  # the handler raises here...
+            except KeyboardInterrupt:
+                pass  # ...and, as in a __del__, the exception goes nowhere
+
+    class Swallowed:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # raised in a __del__: "Exception ignored"
+
+    before, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    seen = []
+    sys.unraisablehook = seen.append
+    try:
+        with _InterruptGuard() as guard:
+            guard.check()  # nothing yet
+            Finalised()  # collected at once
+            with pytest.raises(KeyboardInterrupt):
+                guard.check()
+        with _InterruptGuard() as guard:
+            Swallowed()
+            with pytest.raises(KeyboardInterrupt):
+                guard.check()
+        assert signal.getsignal(signal.SIGINT) is before and sys.unraisablehook == seen.append
+    finally:
+        sys.unraisablehook = hook
+    assert seen == []  # the swallowed interrupt is not reported: check() raised it
+
+
+def test_the_interrupt_guard_leaves_an_ignored_sigint_ignored():
+    from ncli.extract.run import _InterruptGuard
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _InterruptGuard() as guard:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            guard.check()
+    finally:
+        signal.signal(signal.SIGINT, old)
