@@ -37,7 +37,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def make_file(path: Path, n: int, p: int, C: int, seed: int = 0) -> None:
-    from ncli.fileformat import FeatureWriter
+    from ncli.features.writer import FeatureWriter
 
     if path.exists():
         return
@@ -63,7 +63,7 @@ def floor(path: str) -> None:
     """One streamed read + one float32 GEMM (p x 2C) per chunk over every split."""
     import h5py
 
-    from ncli.fileformat import FeatureFile
+    from ncli.features.reader import FeatureFile
 
     with FeatureFile(path) as ff:
         C, p = ff.num_classes, ff.feature_dim

@@ -27,11 +27,12 @@ from typing import IO, Iterable
 from rich.table import Table
 
 from ncli.errors import InputError, UsageError
-from ncli.report import _clean, fmt, run_label_parts
+from ncli.features.schema import HDF5_SIGNATURE
+from ncli.console import fmt
+from ncli.report import _clean, run_label_parts
 
 SCHEMA = "ncli.compare/1"
 MEASURE_SCHEMA = "ncli.measure/1"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 STDIN = "-"
 
 #: per-split numbers of a record, as they appear in the table and the CSV
@@ -552,7 +553,7 @@ def compare_csv(records: list[dict]) -> str:
 
 def check_plot_path(path: str | os.PathLike, force: bool) -> Path:
     """Fail before any work when ``--plot`` cannot be written as asked."""
-    from ncli.fileformat import check_output_path
+    from ncli.outputs import check_output_path
 
     out = Path(path)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from ncli import metrics as M
 from ncli.errors import InputError
-from ncli.fileformat import FeatureFile
+from ncli.features.reader import FeatureFile
 from ncli.stream import class_sums, evaluate_split
 
 SCHEMA = "ncli.measure/1"

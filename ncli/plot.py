@@ -14,10 +14,10 @@ classifiers in another, the same in every panel; splits differ by line style.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
-from ncli.errors import EnvironmentProblem, RefusedError
+from ncli.errors import EnvironmentProblem
+from ncli.outputs import cleanup_stale_temps, commit, temp_path_for
 
 MEANS_COLOR = "tab:blue"  # the paper's colour for class means
 CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
@@ -284,24 +284,16 @@ def build_layer_figure(groups: list[tuple[str, list[dict]]]):
 
 
 def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int = 150) -> Path:
-    """Write ``fig`` (format from the suffix: png, pdf, svg) via a temporary file renamed into
-    place, so a reader never sees half a figure; an existing file is kept unless ``force``."""
+    """Write ``fig`` (format from the suffix: png, pdf, svg) via a temporary file moved into
+    place (:mod:`ncli.outputs`), so a reader never sees half a figure; an existing file is
+    kept unless ``force``."""
     out = Path(path)
     fmt = out.suffix.lower().lstrip(".")
-    tmp = out.with_name(f".ncli-tmp-{os.getpid()}-{secrets.token_hex(4)}-{out.name}")
+    cleanup_stale_temps(out.parent if str(out.parent) else ".")
+    tmp = temp_path_for(out)
     try:
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)  # atomic: fails if the file appeared meanwhile
-            except FileExistsError:
-                raise RefusedError(f"{out}: already exists; pass --force to replace it") from None
-            except OSError:  # no hard links here
-                if out.exists():
-                    raise RefusedError(f"{out}: already exists; pass --force to replace it") from None
-                os.replace(tmp, out)
+        commit(tmp, out, force=force)
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import TYPE_CHECKING
 
+from ncli.console import fmt, make_console
+
 if TYPE_CHECKING:  # rich is imported when a table is drawn (`--json` runs never load it)
-    from rich.console import Console
     from rich.table import Table
 
 CAPTIONS = {
@@ -49,31 +49,6 @@ def _clean(obj):
 def record_json(record: dict) -> str:
     """One line of strict JSON at full float precision."""
     return json.dumps(_clean(record), allow_nan=False, ensure_ascii=False)
-
-
-def fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        return f"{value:.6g}"
-    return str(value)
-
-
-def make_console(file=None) -> Console:
-    from rich.console import Console
-
-    file = file or sys.stdout
-    is_tty = hasattr(file, "isatty") and file.isatty()
-    if is_tty:
-        return Console(file=file)
-    # pipes and files: never wrap or cut; no colours
-    return Console(file=file, width=10_000, color_system=None, force_terminal=False, soft_wrap=False)
 
 
 def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True) -> list[str]:

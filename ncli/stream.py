@@ -28,7 +28,7 @@ import numpy as np
 
 from ncli import kernels
 from ncli.errors import InputError
-from ncli.fileformat import Chunk, FeatureFile
+from ncli.features.reader import Chunk, FeatureFile
 from ncli.metrics import BetweenBasis
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ncli.errors import EnvironmentProblem
-from ncli.fileformat import FeatureFile
+from ncli.features.reader import FeatureFile
 from ncli.metrics import BetweenBasis
 from ncli.stream import TIE_RTOL, SplitResult, _nonfinite_error, _sq_distances, blocks
 

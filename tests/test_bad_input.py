@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ncli.cli import app
-from ncli.fileformat import write_features
+from ncli.features import write_features
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from ncli import compare as C
 from ncli.cli import app
 from ncli.errors import EnvironmentProblem, InputError, UsageError
-from ncli.fileformat import write_features
+from ncli.features import write_features
 from ncli.measure import measure_file
 from ncli.report import record_json
 

@@ -29,7 +29,8 @@ import pytest
 import torch
 
 from extract_util import arch, model
-from ncli.fileformat import FeatureWriter, cleanup_stale_temps, write_features
+from ncli.features import FeatureWriter, write_features
+from ncli.outputs import cleanup_stale_temps
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX signals and fork")
 

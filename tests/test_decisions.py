@@ -8,7 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from ncli.fileformat import write_features
+from ncli.features import write_features
 from ncli.measure import measure_file
 
 

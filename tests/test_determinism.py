@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ncli.stream
-from ncli.fileformat import write_features
+from ncli.features import write_features
 from ncli.measure import measure_file
 
 

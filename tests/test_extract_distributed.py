@@ -116,7 +116,7 @@ def test_writer_thread_waits_for_pending_device_to_host_copies(tmp_path):
     """The CUDA path hands the writer thread a pending copy (an event and pinned buffers);
     the thread waits for it before checking and writing. Plumbing only: no GPU here."""
     from ncli.extract.run import _Sink
-    from ncli.fileformat import FeatureWriter
+    from ncli.features.writer import FeatureWriter
 
     rng = np.random.default_rng(0)
     C, p, n = 3, 5, 37

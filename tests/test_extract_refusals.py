@@ -191,5 +191,5 @@ def test_missing_torchvision_names_the_extra(tmp_path, data):
 
 
 def test_cli_module_does_not_import_torch():
-    code = "import sys, ncli.cli, ncli.extract.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ncli.cli, ncli.cli.extract; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ncli.errors import InputError, RefusedError
-from ncli.fileformat import TEMP_PREFIX, FeatureFile, FeatureWriter, write_features
+from ncli.features import FeatureFile, FeatureWriter, write_features
+from ncli.outputs import TEMP_PREFIX
 
 
 def _data(rng, n=50, p=6, C=3):
@@ -179,7 +180,7 @@ def _raw_file(path, make, n=1000, p=7):
 
 
 def _direct(path):
-    from ncli.fileformat import DirectRows
+    from ncli.features.direct_rows import DirectRows
 
     with h5py.File(path, "r") as f:
         return DirectRows.open(f["train/features"]) is not None
@@ -237,7 +238,7 @@ def test_direct_reads_refuse_user_block(tmp_path):
 
 
 def test_measure_same_with_and_without_direct_reads(tmp_path, rng, monkeypatch):
-    from ncli.fileformat import DirectRows
+    from ncli.features.direct_rows import DirectRows
     from ncli.measure import measure_file
 
     C, p, n = 5, 12, 3000

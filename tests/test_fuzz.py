@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ncli.cli import app
-from ncli.fileformat import FeatureFile, write_features
+from ncli.features import FeatureFile, write_features
 
 try:
     from reference import assert_record_matches, reference_record

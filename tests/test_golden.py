@@ -40,7 +40,7 @@ CASES = {
 
 def write_synthetic(folder: Path) -> None:
     """Two deterministic files: C > p with a classifier (the scatter path), and no classifier."""
-    from ncli.fileformat import write_features
+    from ncli.features import write_features
 
     rng = np.random.default_rng(20261201)
     C, p = 24, 16

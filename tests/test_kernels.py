@@ -119,7 +119,7 @@ def test_ncc_coords(kern, with_proj, rng):
 @pytest.mark.skipif(K.compiled_kernels is None, reason="compiled kernels not available")
 def test_compiled_and_numpy_measure_agree(tmp_path, rng):
     """A whole measurement: same decisions, float64 results equal to rounding."""
-    from ncli.fileformat import write_features
+    from ncli.features import write_features
     from ncli.measure import measure_file
 
     C, p, n = 13, 40, 9000
@@ -200,7 +200,7 @@ def test_nc1_method_cost_model():
 def test_scatter_is_reproducible(tmp_path, rng, monkeypatch):
     """Per-block p x p partial sums added in file order: bit-identical across threads and reads."""
     import ncli.stream
-    from ncli.fileformat import write_features
+    from ncli.features import write_features
     from ncli.measure import measure_file
 
     monkeypatch.setattr(ncli.stream, "NC1_METHOD", "scatter")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ncli.cli import app
-from ncli.fileformat import write_features
+from ncli.features import write_features
 from ncli.measure import measure_file
 
 try:

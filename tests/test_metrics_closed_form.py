@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from ncli.fileformat import write_features
+from ncli.features import write_features
 
 measure = pytest.importorskip("ncli.measure")
 

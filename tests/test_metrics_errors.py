@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ncli.errors import InputError
-from ncli.fileformat import write_features
+from ncli.features import write_features
 
 measure = pytest.importorskip("ncli.measure")
 

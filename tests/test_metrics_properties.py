@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncli.fileformat import write_features
+from ncli.features import write_features
 
 try:
     from reference import assert_record_matches, reference_record

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ncli.fileformat import write_features
+from ncli.features import write_features
 
 try:
     from reference import assert_record_matches, reference_record

@@ -25,7 +25,7 @@ import torch
 
 from extract_util import arch, invoke, make_data, model, runner
 from ncli.cli import app
-from ncli.fileformat import FeatureFile, write_features
+from ncli.features import FeatureFile, write_features
 
 NCLI = Path(__file__).resolve().parents[1] / "ncli"
 

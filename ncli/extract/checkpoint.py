@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ncli.errors import EnvironmentProblem, InputError, RefusedError, UsageError
+from ncli.features.schema import HDF5_SIGNATURE
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
 EMA_KEYS = ("ema", "model_ema", "ema_state_dict", "state_dict_ema", "ema_model", "ema_state", "model_ema_state_dict")
@@ -86,7 +87,7 @@ def detect_form(path: str | os.PathLike) -> str:
     """One of: torch-zip, torchscript, pt2, safetensors, legacy-pickle, hdf5, npz, npy, unknown."""
     with open(path, "rb") as f:
         head = f.read(16)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    if head.startswith(HDF5_SIGNATURE):
         return "hdf5"
     if head.startswith(b"\x93NUMPY"):
         return "npy"

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ncli.errors import EnvironmentProblem, InputError, UsageError
+from ncli.features.schema import HDF5_SIGNATURE
 
 VISION_HINT = "pip install 'ncli[vision]'"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -48,7 +49,7 @@ def parse_data_arg(item: str) -> tuple[str | None, str]:
 def _file_kind(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    if head.startswith(HDF5_SIGNATURE):
         return "h5"
     if head[:4] == b"PK\x03\x04":
         return "npz"

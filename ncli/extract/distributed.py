@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from ncli.errors import EnvironmentProblem, InputError, NcliError, UsageError
-from ncli.fileformat import TEMP_PREFIX
+from ncli.features.schema import attr_int, attr_str
+from ncli.outputs import TEMP_PREFIX
 
 DEFAULT_TIMEOUT_S = 4 * 3600  # how long a rank waits for the others at a sync point
 COPY_BYTES = 32 << 20  # rows copied per read during assembly
@@ -323,7 +324,7 @@ def assemble(job, run_id: str, world_size: int, backend: str, *, force: bool, co
     """Rank 0: check every shard and copy their rows, in index order, into OUT (atomic)."""
     import h5py
 
-    from ncli.fileformat import FeatureWriter
+    from ncli.features.writer import FeatureWriter
 
     out = job.out
     k = world_size
@@ -343,12 +344,12 @@ def assemble(job, run_id: str, world_size: int, backend: str, *, force: bool, co
                 raise InputError(f"{p}: the shard of rank {r} cannot be read ({exc}); nothing written to {out}") from None
             files.append(f)
             a = f.attrs
-            got = (_s(a.get("ncli_shard_run")), _i(a.get("ncli_shard_rank")), _i(a.get("ncli_shard_world_size")))
+            got = (attr_str(a.get("ncli_shard_run")), attr_int(a.get("ncli_shard_rank")), attr_int(a.get("ncli_shard_world_size")))
             if got != (run_id, r, k):
                 raise InputError(
                     f"{p}: not the shard of rank {r} of this run (run {got[0]}, rank {got[1]} of {got[2]}); nothing written to {out}"
                 )
-            if _s(a.get("source_checkpoint_sha256")) != job.attrs.get("source_checkpoint_sha256"):
+            if attr_str(a.get("source_checkpoint_sha256")) != job.attrs.get("source_checkpoint_sha256"):
                 raise InputError(f"{p}: rank {r} read a different checkpoint (sha256 differs); nothing written to {out}")
             stats.append(
                 (float(a.get("max_reconstruction_error", 0.0)), float(a.get("max_abs_logit", 0.0)), int(a.get("nonfinite_feature_rows", 0)))
@@ -381,7 +382,7 @@ def assemble(job, run_id: str, world_size: int, backend: str, *, force: bool, co
                 nonfinite_feature_rows=int(nonfinite),
             )
         if nonfinite:
-            from ncli.extract.run import note
+            from ncli.console import note
 
             note(f"{out}: {nonfinite} rows of features contain NaN or Inf (the model produced them)")
         return total
@@ -426,15 +427,3 @@ def _copy_split(w, f, fname: str, split: str, rank: int, lo: int, hi: int, out: 
         )
     return n
 
-
-def _s(v) -> str | None:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return None if v is None else str(v)
-
-
-def _i(v) -> int | None:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None

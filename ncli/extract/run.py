@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ncli.console import note
 from ncli.errors import EnvironmentProblem, InputError, UsageError
-from ncli.fileformat import FeatureWriter, check_output_path
+from ncli.features.writer import FeatureWriter
+from ncli.outputs import check_output_path
 
 
 def resolve_device(spec: str):
@@ -360,10 +362,6 @@ def _progress(enabled: bool):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=False,
     )
-
-
-def note(msg: str) -> None:
-    print(f"ncli: note: {msg}", file=sys.stderr)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Typer functions for ``ncli extract`` and ``ncli inspect`` (registered by ncli/cli.py).
+"""``ncli extract`` and ``ncli inspect``: checkpoint + data -> feature file; what a checkpoint holds.
 
 Module top level imports typer and the standard library only: torch is imported inside the
 function bodies, so ``ncli measure`` never loads it.
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ncli.cli.app import command
 
 
 class Pool(str, Enum):
@@ -32,6 +34,7 @@ _ARCH_HELP = (
 )
 
 
+@command()
 def extract(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1).", show_default=False),
@@ -101,6 +104,7 @@ def extract(
         raise typer.Exit(exc.exit_code) from None
 
 
+@command()
 def inspect(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),

@@ -1,5 +1,5 @@
-"""``ncli compare``: the typer command (registered in :mod:`ncli.cli`). Thin: options in,
-:mod:`ncli.compare` and :mod:`ncli.plot` do the work."""
+"""``ncli compare``: many runs side by side. Thin: options in, :mod:`ncli.compare` and
+:mod:`ncli.plot` do the work."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import typer
 
+from ncli.cli.app import command
+from ncli.cli.options import GlobalMean
+from ncli.console import done, note
 from ncli.errors import UsageError
 
 
@@ -23,11 +26,7 @@ class By(str, Enum):
     layer = "layer"
 
 
-class GlobalMeanChoice(str, Enum):
-    klass = "class"
-    sample = "sample"
-
-
+@command()
 def compare(
     inputs: Optional[List[str]] = typer.Argument(
         None,
@@ -46,7 +45,7 @@ def compare(
     split: Optional[str] = typer.Option(
         None, "--split", "-s", help="For feature files: split whose class statistics define the metrics (default: train)."
     ),
-    global_mean: Optional[GlobalMeanChoice] = typer.Option(
+    global_mean: Optional[GlobalMean] = typer.Option(
         None, "--global-mean", help="For feature files: mu_G = mean of class means ('class', default) or of all samples ('sample')."
     ),
     chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1, help="Rows read per chunk when measuring feature files."),
@@ -97,7 +96,7 @@ def compare(
     else:
         from rich.text import Text
 
-        from ncli.report import make_console
+        from ncli.console import make_console
 
         console = make_console()
         spark = console.is_terminal
@@ -118,7 +117,7 @@ def compare(
         else:
             fig = P.build_figure(records)
         P.save_figure(fig, plot_path, force=force)
-        typer.echo(f"ncli: wrote {plot_path}", err=True)
+        done(f"wrote {plot_path}")
 
 
 def _group_label(g) -> str:
@@ -131,4 +130,4 @@ def _note_mixed(runs) -> None:
     for key in ("global_mean", "train_split"):
         seen = sorted({str(r.record.get(key)) for r in runs if r.record.get(key) is not None})
         if len(seen) > 1:
-            typer.echo(f"ncli: note: the runs differ in {key} ({', '.join(seen)})", err=True)
+            note(f"the runs differ in {key} ({', '.join(seen)})")

@@ -1,0 +1,93 @@
+"""``ncli measure``: feature files -> the collapse metrics, as a table or JSON lines."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ncli.cli.app import command
+from ncli.cli.options import GlobalMean
+from ncli.console import warn
+from ncli.errors import NcliError
+
+
+@command()
+def measure(
+    files: List[Path] = typer.Argument(..., help="Feature files (format 1, as written by `ncli extract`).", show_default=False),
+    split: str = typer.Option(
+        "train", "--split", "-s", help="Split whose class statistics define the metrics; all splits are evaluated."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per file (JSON Lines) instead of a table."),
+    per_class: bool = typer.Option(
+        False, "--per-class", help="Add per-class N_c, sigma_c^2, |mu_c - mu_G|, |w_c|, cos(w_c, mu_c - mu_G), NCC disagreement."
+    ),
+    global_mean: GlobalMean = typer.Option(
+        GlobalMean.klass,
+        "--global-mean",
+        help="mu_G: 'class' = mean of class means (the paper's code), 'sample' = mean of all samples.",
+    ),
+    layer: Optional[str] = typer.Option(
+        None,
+        "--layer",
+        help="Measure a stored intermediate layer (/<split>/layers/NAME) instead of the penultimate features; "
+        "'all' measures every stored layer. Classifier metrics are not available for layers.",
+    ),
+    chunk_rows: Optional[int] = typer.Option(
+        None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 16 MiB as float64). Results do not depend on it."
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Compute threads (default: OMP_NUM_THREADS if set, else all CPUs). Results do not depend on it.",
+    ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu, or cuda / cuda:N to do the arithmetic on a GPU (float64; imports torch). "
+        "Without CUDA, a warning and the CPU.",
+    ),
+) -> None:
+    """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
+
+    Class statistics come from the train split (--split); every split in the file is evaluated
+    against them (accuracy, NCC accuracy, NCC disagreement). Streams over the file in chunks
+    with float64 accumulators, so memory does not grow with the number of samples.
+
+    Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
+    """
+    from ncli.measure import list_layers, measure_file
+    from ncli.report import print_records, record_json
+
+    if device != "cpu":
+        from ncli.stream_torch import resolve_device
+
+        try:
+            resolve_device(device)
+        except NcliError as exc:
+            warn(f"{exc}; measuring on the CPU instead")
+            device = "cpu"
+    records = []
+    for f in files:
+        layers = list_layers(f, split) if layer == "all" else [layer]
+        for lay in layers:
+            rec = measure_file(
+                f,
+                split=split,
+                global_mean=global_mean.value,
+                per_class=per_class,
+                layer=lay,
+                chunk_rows=chunk_rows,
+                threads=threads,
+                device=device,
+            )
+            if json_out:
+                sys.stdout.write(record_json(rec) + "\n")
+                sys.stdout.flush()
+            else:
+                records.append(rec)
+    if not json_out:
+        print_records(records, per_class=per_class)

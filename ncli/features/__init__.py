@@ -1,0 +1,13 @@
+"""Format-1 feature files (``docs/format.md``): a validating reader, direct whole-row reads,
+and an atomic streaming writer. Only h5py and numpy; no torch, no CLI.
+
+  schema       format constants and attribute conversions
+  reader       FeatureFile (validating, streams a split in whole-row chunks)
+  direct_rows  DirectRows: preadv reads of uncompressed datasets, GIL released
+  writer       FeatureWriter (temp file + atomic rename), write_features
+"""
+
+from ncli.features.reader import Chunk, FeatureFile, SplitInfo
+from ncli.features.writer import FeatureWriter, write_features
+
+__all__ = ["Chunk", "FeatureFile", "FeatureWriter", "SplitInfo", "write_features"]

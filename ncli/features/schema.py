@@ -1,0 +1,43 @@
+"""The feature-file format's constants and attribute conversions (``docs/format.md``): shared
+by the reader, the writer and everything that recognises or assembles feature files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT_NAME = "ncli.features"
+FORMAT_VERSION = 1
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file without user block
+RESERVED_GROUPS = {"classifier"}  # root groups that are not splits
+CHUNK_BYTES = 1 << 20  # about 1 MiB of whole rows per HDF5 chunk
+
+
+def attr_str(value) -> str | None:
+    """An HDF5 attribute as text (bytes decoded, 0-d arrays unwrapped); None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return attr_str(value.item())
+    return str(value)
+
+
+def attr_int(value) -> int | None:
+    """An HDF5 attribute as an integer; None when absent or not an integer (booleans are not)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, np.ndarray) and value.shape == () and np.issubdtype(value.dtype, np.integer):
+        return int(value.item())
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def rows_per_chunk(p: int, itemsize: int, target_bytes: int = CHUNK_BYTES) -> int:
+    """Whole rows of ``p`` items in an HDF5 chunk of about ``target_bytes``."""
+    return max(1, int(target_bytes // max(1, p * itemsize)))
