@@ -29,7 +29,7 @@ from rich.table import Table
 from ncli.errors import InputError, UsageError
 from ncli.features.schema import HDF5_SIGNATURE
 from ncli.console import fmt
-from ncli.report import _clean, run_label_parts
+from ncli.measure.render import _clean, run_label_parts
 
 SCHEMA = "ncli.compare/1"
 MEASURE_SCHEMA = "ncli.measure/1"
@@ -149,7 +149,7 @@ def _looks_hdf5(head: bytes) -> bool:
 
 
 def _measure(path: str, opts: LoadOptions) -> list[dict]:
-    from ncli.measure import list_layers, measure_file
+    from ncli.measure.record import list_layers, measure_file
 
     split = opts.split or "train"
     gm = opts.global_mean or "class"

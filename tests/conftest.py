@@ -19,7 +19,7 @@ def rng():
 @pytest.fixture(params=["compiled", "numpy"])
 def kernel_backend(request, monkeypatch):
     """Run a test with the compiled per-block kernels and with their numpy implementation."""
-    import ncli.kernels as K
+    import ncli.measure.kernels as K
 
     if request.param == "compiled":
         if K.compiled_kernels is None:
@@ -32,8 +32,8 @@ def kernel_backend(request, monkeypatch):
 
 @pytest.fixture(params=["project", "scatter"])
 def nc1_method(request, monkeypatch):
-    """Run a test with both ways pass 2 projects Σ_W (ncli.stream.nc1_method)."""
-    import ncli.stream
+    """Run a test with both ways pass 2 projects Σ_W (ncli.measure.engine.nc1_method)."""
+    import ncli.measure.engine
 
-    monkeypatch.setattr(ncli.stream, "NC1_METHOD", request.param)
+    monkeypatch.setattr(ncli.measure.engine, "NC1_METHOD", request.param)
     return request.param

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ncli.cli import app
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 runner = CliRunner()
 

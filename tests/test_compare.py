@@ -20,8 +20,8 @@ from ncli import compare as C
 from ncli.cli import app
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 from ncli.features import write_features
-from ncli.measure import measure_file
-from ncli.report import record_json
+from ncli.measure.record import measure_file
+from ncli.measure.render import record_json
 
 runner = CliRunner()
 
@@ -151,12 +151,12 @@ def test_csv_is_tidy_and_gives_the_measure_numbers(series):
 
 def test_stdin_records_are_used_as_given_not_measured_again(series, monkeypatch):
     lines = _ok(runner.invoke(app, ["measure", *series, "--json"])).stdout
-    import ncli.measure
+    import ncli.measure.record
 
     def boom(*a, **k):
         raise AssertionError("compare measured again")
 
-    monkeypatch.setattr(ncli.measure, "measure_file", boom)
+    monkeypatch.setattr(ncli.measure.record, "measure_file", boom)
     out = json.loads(_ok(_compare(["-", "--json"], input=lines)).stdout)
     assert out["runs"] == [json.loads(line) for line in lines.splitlines()]
     # shuffled lines are still ordered by epoch

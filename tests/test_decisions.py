@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 
 DEVICES = ["cpu", pytest.param("torch:cpu", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="no torch"))]

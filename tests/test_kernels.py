@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import ncli.kernels as K
+import ncli.measure.kernels as K
 
 
 def _backends():
@@ -120,7 +120,7 @@ def test_ncc_coords(kern, with_proj, rng):
 def test_compiled_and_numpy_measure_agree(tmp_path, rng):
     """A whole measurement: same decisions, float64 results equal to rounding."""
     from ncli.features import write_features
-    from ncli.measure import measure_file
+    from ncli.measure.record import measure_file
 
     C, p, n = 13, 40, 9000
     means = rng.standard_normal((C, p)) * 2
@@ -189,7 +189,7 @@ def test_decide_with_row_table(kern, rng):
 
 
 def test_nc1_method_cost_model():
-    from ncli.stream import nc1_method
+    from ncli.measure.engine import nc1_method
 
     assert nc1_method(512, 100, 100) == "project"  # C << p: project on the k = C directions
     assert nc1_method(2048, 999, 1000) == "project"
@@ -199,11 +199,11 @@ def test_nc1_method_cost_model():
 
 def test_scatter_is_reproducible(tmp_path, rng, monkeypatch):
     """Per-block p x p partial sums added in file order: bit-identical across threads and reads."""
-    import ncli.stream
+    import ncli.measure.engine
     from ncli.features import write_features
-    from ncli.measure import measure_file
+    from ncli.measure.record import measure_file
 
-    monkeypatch.setattr(ncli.stream, "NC1_METHOD", "scatter")
+    monkeypatch.setattr(ncli.measure.engine, "NC1_METHOD", "scatter")
     C, p, n = 30, 12, 9000
     means = rng.standard_normal((C, p)) * 2
     y = rng.integers(0, C, n)

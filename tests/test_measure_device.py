@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ncli.cli import app
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 try:
     from reference import assert_record_matches, reference_record

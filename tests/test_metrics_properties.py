@@ -20,7 +20,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.reference import assert_record_matches, reference_record
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 PROP = settings(max_examples=25, deadline=None, derandomize=False)
 

@@ -19,7 +19,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.reference import assert_record_matches, reference_record
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 
 def make_split(rng, means, counts, *, noise=1.0, mix=None, dtype=np.float64):

@@ -36,7 +36,7 @@ _state = {"debug": False}
 
 def _version_callback(value: bool) -> None:
     if value:
-        from ncli import kernels
+        from ncli.measure import kernels
 
         why = f" ({kernels.why_not_compiled})" if kernels.why_not_compiled else ""
         typer.echo(f"ncli {__version__}\nmeasure kernels: {kernels.BACKEND}{why}")

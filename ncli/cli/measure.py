@@ -59,11 +59,11 @@ def measure(
 
     Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
     """
-    from ncli.measure import list_layers, measure_file
-    from ncli.report import print_records, record_json
+    from ncli.measure.record import list_layers, measure_file
+    from ncli.measure.render import print_records, record_json
 
     if device != "cpu":
-        from ncli.stream_torch import resolve_device
+        from ncli.measure.engine_torch import resolve_device
 
         try:
             resolve_device(device)

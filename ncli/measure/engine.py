@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ncli import kernels
+from ncli.measure import kernels
 from ncli.errors import InputError
 from ncli.features.reader import Chunk, FeatureFile
-from ncli.metrics import BetweenBasis
+from ncli.measure.metrics import BetweenBasis
 
 
 BLOCK_ROWS = 2048  # most rows per computational block (blocks fix the float64 summation order)

@@ -16,8 +16,8 @@ import numpy as np
 
 from ncli.errors import EnvironmentProblem
 from ncli.features.reader import FeatureFile
-from ncli.metrics import BetweenBasis
-from ncli.stream import TIE_RTOL, SplitResult, _nonfinite_error, _sq_distances, blocks
+from ncli.measure.metrics import BetweenBasis
+from ncli.measure.engine import TIE_RTOL, SplitResult, _nonfinite_error, _sq_distances, blocks
 
 
 def resolve_device(device: str):

@@ -13,10 +13,10 @@ from functools import partial
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ncli import metrics as M
+from ncli.measure import metrics as M
 from ncli.errors import InputError
 from ncli.features.reader import FeatureFile
-from ncli.stream import class_sums, evaluate_split
+from ncli.measure.engine import class_sums, evaluate_split
 
 SCHEMA = "ncli.measure/1"
 
@@ -71,7 +71,7 @@ def measure_file(
     """
     dev = None
     if device != "cpu":
-        from ncli import stream_torch
+        from ncli.measure import engine_torch as stream_torch
 
         dev = stream_torch.resolve_device(device.removeprefix("torch:"))
     # Blocks are spread over worker threads, each with single-threaded BLAS (concurrent

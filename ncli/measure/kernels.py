@@ -187,7 +187,7 @@ class _CKernels:
 def _load_compiled() -> tuple[_CKernels | None, str | None]:
     """(the compiled kernels or None, why not)."""
     try:
-        from ncli import _kernels
+        from ncli.measure import _kernels
     except ImportError:
         return None, "not compiled at install time (no C compiler?)"
     try:

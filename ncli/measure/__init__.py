@@ -1,0 +1,1 @@
+"""``ncli measure``: feature file -> Neural Collapse metrics (docs/metrics.md)."""
