@@ -20,6 +20,9 @@ from ncli.measure.engine import class_sums, evaluate_split
 
 SCHEMA = "ncli.measure/1"
 
+#: per-split numbers of a record, as they appear in the table and the CSV
+SPLIT_KEYS = ("num_samples", "accuracy", "ncc_accuracy", "ncc_disagreement")
+
 
 def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
     """Names of the intermediate layers stored for ``split`` (for ``--layer all``)."""
@@ -165,3 +168,45 @@ def measure_file(
                 }
             record["per_class"] = rows
     return record
+
+
+def _is_int_or_none(v) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _is_number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def validate_record(obj, where: str) -> dict:
+    """Check that ``obj`` is a measure record (schema ncli.measure/1); ``where`` names it."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: not an ncli measure record (a JSON {type(obj).__name__}, expected an object)")
+    schema = obj.get("schema")
+    if schema != SCHEMA:
+        got = "no 'schema' key" if schema is None else f"schema {schema!r}"
+        raise InputError(f"{where}: not an ncli measure record ({got}; expected {SCHEMA!r})")
+    if not isinstance(obj.get("file"), str):
+        raise InputError(f"{where}: measure record without a 'file' string")
+    for key in ("epoch", "step"):
+        if not _is_int_or_none(obj.get(key)):
+            raise InputError(f"{where}: measure record: {key!r} must be an integer or null, not {obj.get(key)!r}")
+    for key in ("layer", "train_split", "global_mean"):
+        if not (obj.get(key) is None or isinstance(obj.get(key), str)):
+            raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")
+    metrics = obj.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        raise InputError(f"{where}: measure record without a 'metrics' object")
+    for k, v in metrics.items():
+        if not _is_number_or_none(v):
+            raise InputError(f"{where}: measure record: metric {k!r} is {v!r}, not a number or null")
+    splits = obj.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise InputError(f"{where}: measure record without a 'splits' object")
+    for s, d in splits.items():
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: measure record: split {s!r} is not an object")
+        for k in SPLIT_KEYS:
+            if not _is_number_or_none(d.get(k)):
+                raise InputError(f"{where}: measure record: split {s!r} {k!r} is {d.get(k)!r}, not a number or null")
+    return obj

@@ -35,20 +35,20 @@ CAPTIONS = {
 }
 
 
-def _clean(obj):
+def nonfinite_to_null(obj):
     """Non-finite floats become None so that the JSON is strict."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [nonfinite_to_null(v) for v in obj]
     return obj
 
 
 def record_json(record: dict) -> str:
     """One line of strict JSON at full float precision."""
-    return json.dumps(_clean(record), allow_nan=False, ensure_ascii=False)
+    return json.dumps(nonfinite_to_null(record), allow_nan=False, ensure_ascii=False)
 
 
 def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True) -> list[str]:

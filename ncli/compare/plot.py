@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ncli.errors import EnvironmentProblem
-from ncli.outputs import cleanup_stale_temps, commit, temp_path_for
+from ncli.errors import EnvironmentProblem, UsageError
+from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
 
 MEANS_COLOR = "tab:blue"  # the paper's colour for class means
 CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
@@ -68,6 +68,14 @@ def require_matplotlib():
             f"--plot needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
         ) from None
     return matplotlib
+
+
+def check_plot_path(path: str | os.PathLike, force: bool) -> Path:
+    """Fail before any work when ``--plot`` cannot be written as asked."""
+    out = Path(path)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--plot {path}: the file name must end in .png, .pdf or .svg")
+    return check_output_path(out, force)
 
 
 def _new_figure(nrows: int, ncols: int, size: tuple[float, float]):
