@@ -21,6 +21,7 @@ from ncli.compare.load import LoadOptions, Run, load_runs, order_runs, read_inpu
 from ncli.compare.table import SPARK_BLOCKS, compare_tables, fmt_trend, sparkline, trend_ratio
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 from ncli.features import write_features
+from ncli.measure import registry
 from ncli.measure.record import measure_file
 from ncli.measure.render import record_json
 
@@ -267,24 +268,24 @@ def test_figure_has_the_papers_panels(series):
     fig = plot.build_figure(recs)
     axes = fig.axes
     assert len(axes) == 7
-    assert [ax.get_title() for ax in axes] == list(plot.EPOCH_TITLES)
+    assert [ax.get_title() for ax in axes] == list(registry.EPOCH_TITLES)
     titles = " ".join(ax.get_title() for ax in axes)
     for fig_no in ("Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Fig. 6", "Fig. 7"):
         assert fig_no in titles
-    by_title = dict(zip(plot.EPOCH_TITLES, axes))
-    assert by_title[plot.TITLE_NC1].get_yscale() == "log"
+    by_title = dict(zip(registry.EPOCH_TITLES, axes))
+    assert by_title[registry.NC1_PANEL.title].get_yscale() == "log"
     assert all(ax.get_xscale() == "log" for ax in axes)  # epochs 1..1000 span decades
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in axes)
     # means and classifiers: two colours, the same in every NC2 panel
     from matplotlib.colors import to_hex
 
-    for t in (plot.TITLE_EQUINORM, plot.TITLE_EQUIANGULAR, plot.TITLE_MAXANGLE):
+    for t in (registry.EQUINORM_PANEL.title, registry.EQUIANGULAR_PANEL.title, registry.MAXANGLE_PANEL.title):
         lines = {ln.get_label(): to_hex(ln.get_color()) for ln in by_title[t].get_lines()}
         assert lines == {"class means": to_hex(plot.MEANS_COLOR), "classifiers": to_hex(plot.CLASSIFIERS_COLOR)}
-    nc1_line = by_title[plot.TITLE_NC1].get_lines()[0]
+    nc1_line = by_title[registry.NC1_PANEL.title].get_lines()[0]
     assert list(nc1_line.get_xdata()) == list(EPOCHS)
     assert list(nc1_line.get_ydata()) == [r["metrics"]["nc1"] for r in recs]
-    acc = {ln.get_label(): list(ln.get_ydata()) for ln in by_title[plot.TITLE_ACCURACY].get_lines()}
+    acc = {ln.get_label(): list(ln.get_ydata()) for ln in by_title[registry.ACCURACY_PANEL.title].get_lines()}
     assert acc["train"] == [r["splits"]["train"]["accuracy"] for r in recs]
     assert set(acc) == {"train", "test"}
     assert len(fig.legends) == 1
@@ -377,7 +378,7 @@ def test_by_layer_plot(series, tmp_path):
 
     recs = [_measured(series[0], layer=lay) for lay in ("block1", "block2", None)]
     fig = plot.build_layer_figure([("epoch 1", recs)])
-    assert [ax.get_title() for ax in fig.axes] == list(plot.LAYER_TITLES)
+    assert [ax.get_title() for ax in fig.axes] == list(registry.LAYER_TITLES)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["block1", "block2", "fc"]
     out = tmp_path / "layers.svg"
     _ok(_compare([series[0], "--by", "layer", "--plot", str(out), "--csv"]))

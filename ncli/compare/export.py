@@ -11,7 +11,7 @@ import math
 from ncli.compare import SCHEMA
 from ncli.compare.load import Run, group_by_file
 from ncli.compare.table import run_label, trends
-from ncli.measure.record import SPLIT_KEYS
+from ncli.measure.registry import HEADLINE_METRICS, SPLIT_KEYS
 from ncli.measure.render import nonfinite_to_null
 
 
@@ -54,15 +54,16 @@ def _csv_value(v):
 
 def csv_rows(records: list[dict]) -> list[dict]:
     """Tidy long rows: one per (run, split, metric). Metrics of the class statistics carry the
-    split they come from (the train split); per-split numbers carry their split. The headline
-    ``ncc_disagreement`` is the test split's row (the train split's when there is no test)."""
+    split they come from (the train split); per-split numbers carry their split. Headline
+    metrics (NC4's disagreement) are left out: they repeat the test split's row (the train
+    split's when there is no test)."""
     rows = []
     for rec in records:
         base = {"run": rec["file"], "epoch": rec.get("epoch"), "step": rec.get("step"), "layer": rec.get("layer")}
         train = rec.get("train_split", "train")
         for k, v in rec["metrics"].items():
-            if k == "ncc_disagreement":
-                continue  # = the per-split row below
+            if k in HEADLINE_METRICS:
+                continue  # = a per-split row below
             rows.append({**base, "split": train, "metric": k, "value": v})
         for s, d in rec["splits"].items():
             for k in SPLIT_KEYS:

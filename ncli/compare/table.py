@@ -10,23 +10,11 @@ import os
 from typing import TYPE_CHECKING
 
 from ncli.console import fmt
-from ncli.measure.record import SPLIT_KEYS
+from ncli.measure.registry import LAYER_METRICS, LAYER_SPLIT_KEYS, SPLIT_ROW_KEYS
 from ncli.measure.render import run_label_parts
 
 if TYPE_CHECKING:
     from rich.table import Table
-
-#: metrics that need no classifier: the rows of the by-layer view
-LAYER_METRICS = (
-    "nc1",
-    "nc1_trace_ratio",
-    "cdnv",
-    "equinorm_means",
-    "equiangular_means",
-    "maxangle_means",
-    "etf_distance_means",
-)
-LAYER_SPLIT_KEYS = ("ncc_accuracy",)
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -62,9 +50,7 @@ def row_keys(records: list[dict], by: str = "run") -> list[tuple[str, str | None
                 seen.append(k)
     rows = [(k, None, k) for k in seen]
     for s in split_names(records):
-        for k in SPLIT_KEYS:
-            if k == "num_samples":
-                continue
+        for k in SPLIT_ROW_KEYS:
             rows.append((f"{s} {k}", s, k))
     return rows
 

@@ -13,15 +13,12 @@ from functools import partial
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ncli.measure import metrics as M
 from ncli.errors import InputError
 from ncli.features.reader import FeatureFile
+from ncli.measure import metrics, registry
 from ncli.measure.engine import class_sums, evaluate_split
 
 SCHEMA = "ncli.measure/1"
-
-#: per-split numbers of a record, as they appear in the table and the CSV
-SPLIT_KEYS = ("num_samples", "accuracy", "ncc_accuracy", "ncc_disagreement")
 
 
 def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
@@ -45,10 +42,6 @@ def resolve_threads(threads: int | None) -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return os.cpu_count() or 1
-
-
-def _ratio(num: int, den: int) -> float | None:
-    return num / den if den else None
 
 
 def measure_file(
@@ -110,11 +103,11 @@ def measure_file(
         with limits():
             counts, sums = first_pass(ff, split, chunk_rows=chunk_rows, layer=layer)
         try:
-            means = M.class_means(counts, sums, names)
+            means = metrics.class_means(counts, sums, names)
         except InputError as exc:
             raise InputError(f"{path}: split {split!r}: {exc}") from None
-        mu_g = M.global_mean(means, counts, sums, global_mean)
-        basis = M.between_basis(means - mu_g)
+        mu_g = metrics.global_mean(means, counts, sums, global_mean)
+        basis = metrics.between_basis(means - mu_g)
 
         order = [split] + [s for s in ff.splits if s != split]
         with limits():
@@ -125,20 +118,13 @@ def measure_file(
                 for s in order
             }
         train = results[split]
-        metrics = M.collapse_metrics(
-            counts=counts, means=means, mu_g=mu_g, basis=basis, ss_within=train.ss_within, proj_ss=train.proj_ss, W=W
+        statistics = metrics.Statistics(
+            counts=np.asarray(counts, dtype=np.float64), means=means, mu_g=mu_g, basis=basis,
+            ss_within=train.ss_within, proj_ss=train.proj_ss, W=W, b=b,
         )
-        splits = {}
-        for s, r in results.items():
-            splits[s] = {
-                "num_samples": r.num_samples,
-                "accuracy": _ratio(r.net_correct, r.num_samples) if r.has_classifier else None,
-                "ncc_accuracy": _ratio(r.ncc_correct, r.num_samples),
-                "ncc_disagreement": _ratio(r.disagree, r.num_samples) if r.has_classifier else None,
-            }
+        splits = {s: registry.split_numbers(r) for s, r in results.items()}
         headline = "test" if "test" in splits else split
-        metrics["ncc_disagreement"] = splits[headline]["ncc_disagreement"]
-        metrics = {k: metrics[k] for k in M.METRIC_KEYS}
+        metric_values = registry.metric_values(statistics, splits[headline])
 
         record = {
             "schema": SCHEMA,
@@ -149,23 +135,21 @@ def measure_file(
             "num_classes": C,
             "feature_dim": p,
             "splits": splits,
-            "metrics": metrics,
+            "metrics": metric_values,
             "global_mean": global_mean,
             "train_split": split,
             "has_classifier": W is not None,
         }
         if per_class:
-            rows = M.per_class_table(counts=counts, means=means, mu_g=mu_g, ss_within=train.ss_within, W=W)
+            rows = metrics.per_class_table(counts=counts, means=means, mu_g=mu_g, ss_within=train.ss_within, W=W)
             for c, row in enumerate(rows):
                 row["name"] = names[c] if names else None
-                row["ncc_disagreement"] = {
-                    s: (
-                        float(r.disagree_per_class[c] / r.class_counts[c])
-                        if r.has_classifier and r.class_counts[c]
-                        else None
-                    )
-                    for s, r in results.items()
-                }
+                for number in registry.SPLIT_NUMBERS:
+                    if number.per_class is not None:
+                        row[number.key] = {
+                            s: number.per_class(r, c) if r.has_classifier or not number.needs_classifier else None
+                            for s, r in results.items()
+                        }
             record["per_class"] = rows
     return record
 
@@ -206,7 +190,7 @@ def validate_record(obj, where: str) -> dict:
     for s, d in splits.items():
         if not isinstance(d, dict):
             raise InputError(f"{where}: measure record: split {s!r} is not an object")
-        for k in SPLIT_KEYS:
+        for k in registry.SPLIT_KEYS:
             if not _is_number_or_none(d.get(k)):
                 raise InputError(f"{where}: measure record: split {s!r} {k!r} is {d.get(k)!r}, not a number or null")
     return obj
