@@ -32,7 +32,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from measure_bench import DATA, make_file
 
-    import ncli.measure.engine
+    from ncli.measure.engine import NumpyBackend, cheaper_nc1_method
     from ncli.measure.record import measure_file
 
     DATA.mkdir(exist_ok=True)
@@ -46,15 +46,14 @@ def main() -> None:
         records = {}
         for _ in range(args.repeat):
             for method in ("project", "scatter"):
-                ncli.measure.engine.NC1_METHOD = method
+                backend = NumpyBackend(threads=args.threads, nc1_method=method)
                 t = time.perf_counter()
-                records[method] = measure_file(path, threads=args.threads)
+                records[method] = measure_file(path, backend=backend)
                 best[method] = min(best.get(method, float("inf")), time.perf_counter() - t)
-        ncli.measure.engine.NC1_METHOD = "auto"
         a, b = records["project"]["metrics"]["nc1"], records["scatter"]["metrics"]["nc1"]
         print(
             f"{case:>18}  project {best['project']:6.2f} s  scatter {best['scatter']:6.2f} s  "
-            f"scatter/project {best['scatter'] / best['project']:.2f}  auto picks {ncli.measure.engine.nc1_method(p, k, C)}  "
+            f"scatter/project {best['scatter'] / best['project']:.2f}  auto picks {cheaper_nc1_method(p, k, C)}  "
             f"nc1 rel. diff {abs(a - b) / abs(a):.1e}",
             flush=True,
         )

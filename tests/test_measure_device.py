@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover
 
 pytest.importorskip("torch")
 
+from ncli.measure.engine_torch import TorchBackend  # noqa: E402
+
 
 @pytest.mark.parametrize("C, p, classifier", [(4, 9, True), (12, 5, True), (2, 3, False), (6, 16, True)])
 def test_torch_path_matches_numpy_and_reference(tmp_path, rng, C, p, classifier):
@@ -40,7 +42,7 @@ def test_torch_path_matches_numpy_and_reference(tmp_path, rng, C, p, classifier)
         bias=b,
     )
     cpu = measure_file(path, per_class=True)
-    dev = measure_file(path, per_class=True, device="torch:cpu")
+    dev = measure_file(path, per_class=True, backend=TorchBackend("cpu"))
     assert dev["splits"] == cpu["splits"]  # decisions are exact on both paths
     ref = reference_record(H, y, C, W, b, {"test": (Ht, yt)})
     assert_record_matches(dev, ref, per_class=True)

@@ -1,22 +1,25 @@
-"""Measure one feature file: stream the statistics, compute the metrics, build the record.
+"""Measure one feature file: the file driver of the engine, and the measure record.
 
-The record is the JSON object of ``shared/spec/metrics.md`` (schema ``ncli.measure/1``).
-No torch, no CLI here.
+:func:`measure_file` feeds a file's blocks to a backend's two passes, which fill the
+accumulators of :mod:`ncli.measure.statistics`; :func:`build_record` turns those into the JSON
+object of ``docs/metrics.md`` (schema ``ncli.measure/1``), with the metrics the registry
+declares. :func:`validate_record` checks such an object read back (``ncli compare``).
+No torch (unless a TorchBackend is given), no CLI here.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
-from functools import partial
+from contextlib import contextmanager
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ncli.errors import InputError
 from ncli.features.reader import FeatureFile
 from ncli.measure import metrics, registry
-from ncli.measure.engine import class_sums, evaluate_split
+from ncli.measure.blocks import NonFiniteFeatures, file_blocks
+from ncli.measure.engine import NumpyBackend
+from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 SCHEMA = "ncli.measure/1"
 
@@ -30,18 +33,13 @@ def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
     return layers
 
 
-def resolve_threads(threads: int | None) -> int:
-    """Threads to compute with: as given, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
-    MKL_NUM_THREADS when set, else the number of CPUs."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
-        return int(threads)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return os.cpu_count() or 1
+@contextmanager
+def _in_split(path, split: str):
+    """Errors of a backend's pass name the file and the split."""
+    try:
+        yield
+    except NonFiniteFeatures as exc:
+        raise InputError(f"{path}: split {split!r}, {exc}") from None
 
 
 def measure_file(
@@ -52,8 +50,7 @@ def measure_file(
     per_class: bool = False,
     layer: str | None = None,
     chunk_rows: int | None = None,
-    threads: int | None = None,
-    device: str = "cpu",
+    backend=None,
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
 
@@ -61,96 +58,104 @@ def measure_file(
     file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
     of the penultimate features (classifier metrics are then not available).
 
-    ``device`` other than "cpu" (e.g. "cuda", "cuda:1") runs the per-block arithmetic with
-    torch on that device (:mod:`ncli.stream_torch`); "torch:cpu" runs that path on the CPU
-    (for tests). The default numpy path never imports torch.
+    ``backend`` does the per-block arithmetic: a :class:`ncli.measure.engine.NumpyBackend`
+    (the default, on all CPUs; bit-reproducible) or a
+    :class:`ncli.measure.engine_torch.TorchBackend` (a torch device).
     """
-    dev = None
-    if device != "cpu":
-        from ncli.measure import engine_torch as stream_torch
-
-        dev = stream_torch.resolve_device(device.removeprefix("torch:"))
-    # Blocks are spread over worker threads, each with single-threaded BLAS (concurrent
-    # multi-threaded BLAS calls thrash); results do not depend on the number of workers.
-    workers = resolve_threads(threads)
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
+    backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path) as ff:
         info = ff.split(split)
-        C = ff.num_classes
-        if C < 2:
-            raise InputError(f"{path}: num_classes is {C}; Neural Collapse metrics need at least 2 classes")
+        num_classes = ff.num_classes
+        if num_classes < 2:
+            raise InputError(f"{path}: num_classes is {num_classes}; Neural Collapse metrics need at least 2 classes")
         if layer is not None:
-            p = ff.layer_info(split, layer)[1]
-            clf = None
+            dim = ff.layer_info(split, layer)[1]
+            classifier = None
             for other in ff.splits:
                 if layer not in ff.splits[other].layers:
                     raise InputError(f"{path}: split {other!r} has no layer {layer!r}")
         else:
-            p = info.feature_dim
-            clf = ff.classifier()
-        W, b = clf if clf is not None else (None, None)
+            dim = info.feature_dim
+            classifier = ff.classifier()
+        W, b = classifier if classifier is not None else (None, None)
         names = ff.class_names()
 
-        if dev is None:  # numpy on `workers` threads, each with single-threaded BLAS
-            first_pass = partial(class_sums, workers=workers)
-            second_pass = partial(evaluate_split, workers=workers)
-            limits = partial(threadpool_limits, limits=1, user_api="blas")
-        else:
-            first_pass = partial(stream_torch.class_sums, device=dev)
-            second_pass = partial(stream_torch.evaluate_split, device=dev)
-            limits = nullcontext
-        with limits():
-            counts, sums = first_pass(ff, split, chunk_rows=chunk_rows, layer=layer)
+        class_stats = ClassStatistics(num_classes, dim)
+        with _in_split(path, split):
+            backend.class_sums(file_blocks(ff, split, chunk_rows, layer), class_stats)
         try:
-            means = metrics.class_means(counts, sums, names)
+            model = Model.fit(class_stats, global_mean=global_mean, W=W, b=b, class_names=names)
         except InputError as exc:
             raise InputError(f"{path}: split {split!r}: {exc}") from None
-        mu_g = metrics.global_mean(means, counts, sums, global_mean)
-        basis = metrics.between_basis(means - mu_g)
 
-        order = [split] + [s for s in ff.splits if s != split]
-        with limits():
-            results = {
-                s: second_pass(
-                    ff, s, means=means, basis=basis, W=W, b=b, accumulate=(s == split), chunk_rows=chunk_rows, layer=layer
-                )
-                for s in order
-            }
-        train = results[split]
-        statistics = metrics.Statistics(
-            counts=np.asarray(counts, dtype=np.float64), means=means, mu_g=mu_g, basis=basis,
-            ss_within=train.ss_within, proj_ss=train.proj_ss, W=W, b=b,
-        )
-        splits = {s: registry.split_numbers(r) for s, r in results.items()}
-        headline = "test" if "test" in splits else split
-        metric_values = registry.metric_values(statistics, splits[headline])
-
-        record = {
-            "schema": SCHEMA,
+        results = {}
+        for name in [split] + [s for s in ff.splits if s != split]:
+            results[name] = SplitStatistics.for_model(model, within=(name == split))
+            with _in_split(path, name):
+                backend.evaluate(file_blocks(ff, name, chunk_rows, layer), model, results[name])
+        source = {
             "file": str(path),
             "epoch": ff.epoch,
             "step": ff.step,
             "layer": layer if layer is not None else ff.feature_layer,
-            "num_classes": C,
-            "feature_dim": p,
-            "splits": splits,
-            "metrics": metric_values,
-            "global_mean": global_mean,
-            "train_split": split,
-            "has_classifier": W is not None,
         }
-        if per_class:
-            rows = metrics.per_class_table(counts=counts, means=means, mu_g=mu_g, ss_within=train.ss_within, W=W)
-            for c, row in enumerate(rows):
-                row["name"] = names[c] if names else None
-                for number in registry.SPLIT_NUMBERS:
-                    if number.per_class is not None:
-                        row[number.key] = {
-                            s: number.per_class(r, c) if r.has_classifier or not number.needs_classifier else None
-                            for s, r in results.items()
-                        }
-            record["per_class"] = rows
+    return build_record(
+        source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names
+    )
+
+
+def build_record(
+    source: dict,
+    model: Model,
+    class_stats: ClassStatistics,
+    results: dict[str, SplitStatistics],
+    *,
+    train_split: str,
+    per_class: bool = False,
+    class_names: list[str] | None = None,
+) -> dict:
+    """The ``ncli.measure/1`` record: ``source`` (file, epoch, step, layer: where the features
+    came from), then the metrics of the model and the statistics of every evaluated split
+    (``results[train_split]`` holds the within-class sums)."""
+    train = results[train_split]
+    statistics = metrics.Statistics(
+        counts=np.asarray(class_stats.counts, dtype=np.float64),
+        means=model.means,
+        mu_g=model.mu_g,
+        basis=model.basis,
+        ss_within=train.ss_within,
+        proj_ss=train.projected_within(model.basis),
+        W=model.W,
+        b=model.b,
+    )
+    splits = {name: registry.split_numbers(stats) for name, stats in results.items()}
+    headline = "test" if "test" in splits else train_split
+    record = {
+        "schema": SCHEMA,
+        **source,
+        "num_classes": model.num_classes,
+        "feature_dim": model.means.shape[1],
+        "splits": splits,
+        "metrics": registry.metric_values(statistics, splits[headline]),
+        "global_mean": model.global_mean,
+        "train_split": train_split,
+        "has_classifier": model.has_classifier,
+    }
+    if per_class:
+        rows = metrics.per_class_table(
+            counts=class_stats.counts, means=model.means, mu_g=model.mu_g, ss_within=train.ss_within, W=model.W
+        )
+        for c, row in enumerate(rows):
+            row["name"] = class_names[c] if class_names else None
+            for number in registry.SPLIT_NUMBERS:
+                if number.per_class is not None:
+                    row[number.key] = {
+                        name: number.per_class(stats, c) if stats.has_classifier or not number.needs_classifier else None
+                        for name, stats in results.items()
+                    }
+        record["per_class"] = rows
     return record
 
 
@@ -178,10 +183,10 @@ def validate_record(obj, where: str) -> dict:
     for key in ("layer", "train_split", "global_mean"):
         if not (obj.get(key) is None or isinstance(obj.get(key), str)):
             raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")
-    metrics = obj.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
+    values = obj.get("metrics")
+    if not isinstance(values, dict) or not values:
         raise InputError(f"{where}: measure record without a 'metrics' object")
-    for k, v in metrics.items():
+    for k, v in values.items():
         if not _is_number_or_none(v):
             raise InputError(f"{where}: measure record: metric {k!r} is {v!r}, not a number or null")
     splits = obj.get("splits")
