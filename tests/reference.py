@@ -1,4 +1,4 @@
-"""A dense, float64, deliberately naive transcription of shared/spec/metrics.md.
+"""A dense, float64, deliberately naive transcription of docs/metrics.md (the metric contract).
 
 Written from the spec alone (not from ncli's code), to check ``ncli.measure`` against.
 Everything is formed explicitly: Σ_W and Σ_B as p×p matrices, Σ_B^† from ``np.linalg.eigh``,

@@ -42,13 +42,13 @@ def test_torch_path_matches_numpy_and_reference(tmp_path, rng, C, p, classifier)
         bias=b,
     )
     cpu = measure_file(path, per_class=True)
-    dev = measure_file(path, per_class=True, backend=TorchBackend("cpu"))
-    assert dev["splits"] == cpu["splits"]  # decisions are exact on both paths
+    on_torch = measure_file(path, per_class=True, backend=TorchBackend("cpu"))
+    assert on_torch["splits"] == cpu["splits"]  # decisions are exact on both paths
     ref = reference_record(H, y, C, W, b, {"test": (Ht, yt)})
-    assert_record_matches(dev, ref, per_class=True)
+    assert_record_matches(on_torch, ref, per_class=True)
     for key, v in cpu["metrics"].items():
         if isinstance(v, float):
-            assert dev["metrics"][key] == pytest.approx(v, rel=1e-9, abs=1e-15), key
+            assert on_torch["metrics"][key] == pytest.approx(v, rel=1e-9, abs=1e-15), key
 
 
 def test_cuda_absent_falls_back_with_a_warning(tmp_path, rng):

@@ -20,17 +20,17 @@ def compare_object(runs: list[Run], *, by: str = "run", order: str = "epoch") ->
     obj: dict = {"schema": SCHEMA, "by": by, "order": order}
     if by == "layer":
         groups = group_by_file(runs, order)
-        obj["runs"] = [r.record for g in groups for r in g.runs]
+        obj["runs"] = [run.record for group in groups for run in group.runs]
         obj["groups"] = [
             {
-                "file": g.file,
-                "layers": [run_label(r.record, "layer") for r in g.runs],
-                "trend": trends([r.record for r in g.runs], "layer"),
+                "file": group.file,
+                "layers": [run_label(run.record, "layer") for run in group.runs],
+                "trend": trends([run.record for run in group.runs], "layer"),
             }
-            for g in groups
+            for group in groups
         ]
     else:
-        records = [r.record for r in runs]
+        records = [run.record for run in runs]
         obj["runs"] = records
         obj["trend"] = trends(records, "run")
     return obj
@@ -65,17 +65,17 @@ def csv_rows(records: list[dict]) -> list[dict]:
             if k in HEADLINE_METRICS:
                 continue  # = a per-split row below
             rows.append({**base, "split": train, "metric": k, "value": v})
-        for s, d in rec["splits"].items():
+        for split, values in rec["splits"].items():
             for k in SPLIT_KEYS:
-                if k in d:
-                    rows.append({**base, "split": s, "metric": k, "value": d[k]})
+                if k in values:
+                    rows.append({**base, "split": split, "metric": k, "value": values[k]})
     return rows
 
 
 def compare_csv(records: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
     for row in csv_rows(records):
-        w.writerow({k: ("" if row[k] is None else _csv_value(row[k])) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row[k] is None else _csv_value(row[k])) for k in CSV_COLUMNS})
     return buf.getvalue()

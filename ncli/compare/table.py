@@ -84,10 +84,10 @@ def sparkline(values: list) -> str:
     lo, hi = min(finite), max(finite)
     use_log = lo > 0 and hi / lo >= 10
 
-    def t(v: float) -> float:
+    def scaled(v: float) -> float:
         return math.log10(v) if use_log else v
 
-    tlo, thi = t(lo), t(hi)
+    tlo, thi = scaled(lo), scaled(hi)
     out = []
     for v in values:
         if not _finite(v):
@@ -95,8 +95,8 @@ def sparkline(values: list) -> str:
         elif thi == tlo:
             out.append(SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1])
         else:
-            i = int(round((t(float(v)) - tlo) / (thi - tlo) * (len(SPARK_BLOCKS) - 1)))
-            out.append(SPARK_BLOCKS[i])
+            level = int(round((scaled(float(v)) - tlo) / (thi - tlo) * (len(SPARK_BLOCKS) - 1)))
+            out.append(SPARK_BLOCKS[level])
     return "".join(out)
 
 
@@ -109,8 +109,8 @@ def common_folder(records: list[dict]) -> str | None:
     dirs = {os.path.dirname(r["file"]) for r in records}
     if len(dirs) != 1:
         return None
-    (d,) = dirs
-    return d or None
+    (folder,) = dirs
+    return folder or None
 
 
 def run_label(rec: dict, by: str = "run", folder: str | None = None) -> str:

@@ -210,7 +210,7 @@ NCLI_EXPORT NCLI_CLONES void ncli_ncc_coords(const double *Z, int64_t n, int64_t
 
 static struct PyModuleDef kernels_module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled per-block kernels of ncli measure; loaded with ctypes by ncli.kernels.", -1, NULL,
+    "Compiled per-block kernels of ncli measure; loaded with ctypes by ncli.measure.kernels.", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
