@@ -29,7 +29,8 @@ class Panel:
 
 
 # Panels against epoch (Papyan, Han & Donoho, PNAS 2020), in figure order.
-ACCURACY_PANEL = Panel("Accuracy (train / test)", "accuracy", fraction=True, unavailable="not available (no classifier)")
+NO_CLASSIFIER = "not available (no classifier)"
+ACCURACY_PANEL = Panel("Accuracy (train / test)", "accuracy", fraction=True, unavailable=NO_CLASSIFIER)
 NC1_PANEL = Panel("Fig. 6  NC1: Tr(Σ_W Σ_B⁺)/C", "Tr(Σ_W Σ_B⁺)/C (log)", log=True)
 EQUINORM_PANEL = Panel("Fig. 2  Equinorm: std/mean of norms", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖")
 EQUIANGULAR_PANEL = Panel(
@@ -37,10 +38,10 @@ EQUIANGULAR_PANEL = Panel(
 )
 MAXANGLE_PANEL = Panel("Fig. 4  Max-angle: mean |cos + 1/(C−1)|", "mean |cos + 1/(C−1)|")
 SELF_DUALITY_PANEL = Panel(
-    "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²", "‖W/‖W‖_F − M/‖M‖_F‖²_F", unavailable="not available (no classifier)"
+    "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²", "‖W/‖W‖_F − M/‖M‖_F‖²_F", unavailable=NO_CLASSIFIER
 )
 NCC_PANEL = Panel(
-    "Fig. 7  NCC disagreement: net ≠ nearest class centre", "fraction of samples", unavailable="not available (no classifier)"
+    "Fig. 7  NCC disagreement: net ≠ nearest class centre", "fraction of samples", unavailable=NO_CLASSIFIER
 )
 EPOCH_PANELS = (
     ACCURACY_PANEL, NC1_PANEL, EQUINORM_PANEL, EQUIANGULAR_PANEL, MAXANGLE_PANEL, SELF_DUALITY_PANEL, NCC_PANEL,
@@ -128,7 +129,8 @@ METRICS = (
         by_layer=True, layer_panel=LAYER_TRACE_RATIO_PANEL,
     ),
     Metric(
-        "cdnv", "class-distance normalised variance", lambda s: metrics.cdnv(s.counts, s.means, s.ss_within, s.means_gram),
+        "cdnv", "class-distance normalised variance",
+        lambda s: metrics.cdnv(s.counts, s.means, s.ss_within, s.means_gram),
         by_layer=True, layer_panel=LAYER_CDNV_PANEL,
     ),
     Metric(
@@ -152,25 +154,29 @@ METRICS = (
         epoch_panel=MAXANGLE_PANEL, series="means", layer_panel=LAYER_MAXANGLE_PANEL,
     ),
     Metric(
-        "maxangle_classifiers", "NC2  mean |cos + 1/(C−1)|, classifiers", lambda s: metrics.maxangle(s.classifiers_gram),
-        needs_classifier=True, epoch_panel=MAXANGLE_PANEL, series="classifiers",
+        "maxangle_classifiers", "NC2  mean |cos + 1/(C−1)|, classifiers",
+        lambda s: metrics.maxangle(s.classifiers_gram), needs_classifier=True, epoch_panel=MAXANGLE_PANEL,
+        series="classifiers",
     ),
     Metric(
-        "etf_distance_means", "NC2  ‖G/‖G‖ − ETF‖, means", lambda s: metrics.etf_distance(s.means_gram.G), by_layer=True,
+        "etf_distance_means", "NC2  ‖G/‖G‖ − ETF‖, means", lambda s: metrics.etf_distance(s.means_gram.G),
+        by_layer=True,
     ),
     Metric(
         "etf_distance_classifiers", "NC2  ‖G/‖G‖ − ETF‖, classifiers",
         lambda s: metrics.etf_distance(s.classifiers_gram.G), needs_classifier=True,
     ),
     Metric(
-        "self_duality", "NC3  ‖W/‖W‖ − M/‖M‖‖²", lambda s: metrics.self_duality(s.W, s.centred), needs_classifier=True,
-        epoch_panel=SELF_DUALITY_PANEL,
+        "self_duality", "NC3  ‖W/‖W‖ − M/‖M‖‖²", lambda s: metrics.self_duality(s.W, s.centred),
+        needs_classifier=True, epoch_panel=SELF_DUALITY_PANEL,
     ),
     Metric(
         "wh_etf_distance", "NC3  ‖WM/‖WM‖ − ETF‖", lambda s: metrics.wh_etf_distance(s.W, s.centred),
         needs_classifier=True,
     ),
-    Metric(NCC_DISAGREEMENT.key, "NC4  net ≠ nearest class centre", needs_classifier=True, headline=NCC_DISAGREEMENT),
+    Metric(
+        NCC_DISAGREEMENT.key, "NC4  net ≠ nearest class centre", needs_classifier=True, headline=NCC_DISAGREEMENT
+    ),
 )
 
 # --- derived -------------------------------------------------------------------------------
