@@ -31,6 +31,7 @@ METRIC_KEYS = (
     "etf_distance_classifiers",
     "self_duality",
     "wh_etf_distance",
+    "bias_collapse",
     "ncc_disagreement",
 )
 SPLIT_KEYS = ("num_samples", "accuracy", "ncc_accuracy", "ncc_disagreement")
@@ -183,6 +184,7 @@ def reference_record(
         metrics["wh_etf_distance"] = float(
             np.linalg.norm(WM / np.linalg.norm(WM, "fro") - _etf_target(C), "fro")
         )
+        metrics["bias_collapse"] = math.sqrt(sum((float(W[c] @ mu_G) + b[c]) ** 2 for c in range(C)))
     else:
         w_norms = None
         for k in (
@@ -192,6 +194,7 @@ def reference_record(
             "etf_distance_classifiers",
             "self_duality",
             "wh_etf_distance",
+            "bias_collapse",
         ):
             metrics[k] = None
 

@@ -248,3 +248,11 @@ def test_torch_backend_fed_from_arrays_matches_the_dense_reference(rng):
     model, class_stats, results = _feed(TorchBackend("cpu"), H, y, C, W, b)
     rec = build_record({"file": "arrays"}, model, class_stats, results, train_split="train", per_class=True)
     assert_record_matches(rec, reference_record(H, y, C, W, b), per_class=True)
+
+
+def test_bias_collapse_against_the_logits_of_the_global_mean(rng):
+    C, p = 6, 4
+    W, b, mu = rng.standard_normal((C, p)), rng.standard_normal(C), rng.standard_normal(p)
+    want = math.sqrt(sum((sum(W[c, j] * mu[j] for j in range(p)) + b[c]) ** 2 for c in range(C)))
+    assert metrics.bias_collapse(W, b, mu) == pytest.approx(want, rel=REL)
+    assert metrics.bias_collapse(W, -W @ mu, mu) == 0.0  # the bias cancels the response to μ_G

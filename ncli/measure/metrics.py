@@ -209,6 +209,12 @@ def wh_etf_distance(W: np.ndarray, centred: np.ndarray) -> float | None:
     return etf_distance(WM) if np.linalg.norm(WM) > 0 else None
 
 
+def bias_collapse(W: np.ndarray, b: np.ndarray, mu_g: np.ndarray) -> float:
+    """‖W μ_G + b‖₂: the logits of the global mean (Zhu et al. 2021); 0 when the bias
+    cancels the classifier's response to μ_G."""
+    return float(np.linalg.norm(W @ mu_g + b))
+
+
 # --- per class -----------------------------------------------------------------------------
 
 

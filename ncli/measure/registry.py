@@ -175,6 +175,9 @@ METRICS = (
         needs_classifier=True,
     ),
     Metric(
+        "bias_collapse", "bias  ‖W μ_G + b‖", lambda s: metrics.bias_collapse(s.W, s.b, s.mu_g), needs_classifier=True
+    ),
+    Metric(
         NCC_DISAGREEMENT.key, "NC4  net ≠ nearest class centre", needs_classifier=True, headline=NCC_DISAGREEMENT
     ),
 )
