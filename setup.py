@@ -1,8 +1,8 @@
-"""Builds the optional compiled kernels of `ncli measure` (ncli/_kernels.c).
+"""Builds the optional compiled kernels of `ncli measure` (ncli/measure/_kernels.c).
 
 Everything else about the package is in pyproject.toml. The extension is optional: without a
 C compiler, pip installs ncli anyway and `ncli measure` uses the numpy implementation of the
-same kernels (ncli/kernels.py), about 1.3-2x slower per block.
+same kernels (ncli/measure/kernels.py), about 1.3-2x slower per block.
 """
 
 import sys
@@ -17,6 +17,6 @@ else:
 
 setup(
     ext_modules=[
-        Extension("ncli._kernels", sources=["ncli/_kernels.c"], extra_compile_args=flags, optional=True),
+        Extension("ncli.measure._kernels", sources=["ncli/measure/_kernels.c"], extra_compile_args=flags, optional=True),
     ]
 )

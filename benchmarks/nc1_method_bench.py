@@ -2,7 +2,7 @@
 
 "project" computes Z = D·U (p·k float64 multiply-adds per row) and scores NCC from Z;
 "scatter" accumulates Σ DᵀD with a symmetric rank-k update (p²/2) and scores NCC from the
-centred rows (see ncli.stream.nc1_method, which picks the cheaper one by that cost model).
+centred rows (see ncli.measure.engine.nc1_method, which picks the cheaper one by that cost model).
 Runs alternate; the best of --repeat is printed with the method `auto` picks.
 
 Usage:
@@ -32,8 +32,8 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from measure_bench import DATA, make_file
 
-    import ncli.stream
-    from ncli.measure import measure_file
+    from ncli.measure.engine import NumpyBackend, cheaper_nc1_method
+    from ncli.measure.record import measure_file
 
     DATA.mkdir(exist_ok=True)
     print(f"threads={args.threads}", flush=True)
@@ -46,15 +46,14 @@ def main() -> None:
         records = {}
         for _ in range(args.repeat):
             for method in ("project", "scatter"):
-                ncli.stream.NC1_METHOD = method
+                backend = NumpyBackend(threads=args.threads, nc1_method=method)
                 t = time.perf_counter()
-                records[method] = measure_file(path, threads=args.threads)
+                records[method] = measure_file(path, backend=backend)
                 best[method] = min(best.get(method, float("inf")), time.perf_counter() - t)
-        ncli.stream.NC1_METHOD = "auto"
         a, b = records["project"]["metrics"]["nc1"], records["scatter"]["metrics"]["nc1"]
         print(
             f"{case:>18}  project {best['project']:6.2f} s  scatter {best['scatter']:6.2f} s  "
-            f"scatter/project {best['scatter'] / best['project']:.2f}  auto picks {ncli.stream.nc1_method(p, k, C)}  "
+            f"scatter/project {best['scatter'] / best['project']:.2f}  auto picks {cheaper_nc1_method(p, k, C)}  "
             f"nc1 rel. diff {abs(a - b) / abs(a):.1e}",
             flush=True,
         )

@@ -1,11 +1,11 @@
 """ncli — Neural Collapse analysis from the command line.
 
 Layout:
-  ncli.metrics     pure math on sufficient statistics (numpy only)
-  ncli.stream      streaming accumulation of those statistics over feature files
+  ncli.measure     feature file -> metrics: the metric registry, pure math on sufficient
+                   statistics, the streamed accumulators and their numpy/torch backends,
+                   the measure record and its rendering
+  ncli.compare     many records side by side: loading, tables, JSON/CSV, figures
   ncli.features    format-1 HDF5 reader (validating) and atomic writer
-  ncli.measure     measure a file: stream -> metrics -> JSON-able record
-  ncli.report      rich table / JSON rendering of records
   ncli.cli         the typer application (thin)
 """
 

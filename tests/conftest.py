@@ -17,23 +17,19 @@ def rng():
 
 
 @pytest.fixture(params=["compiled", "numpy"])
-def kernel_backend(request, monkeypatch):
-    """Run a test with the compiled per-block kernels and with their numpy implementation."""
-    import ncli.kernels as K
+def kernel_backend(request):
+    """The compiled per-block kernels, then their numpy implementation: give them to a test's
+    ``NumpyBackend(kernels=...)``."""
+    from ncli.measure import kernels
 
     if request.param == "compiled":
-        if K.compiled_kernels is None:
-            pytest.skip(f"compiled kernels not available: {K.why_not_compiled}")
-        monkeypatch.setattr(K, "active", K.compiled_kernels)
-    else:
-        monkeypatch.setattr(K, "active", K.numpy_kernels)
-    return request.param
+        if kernels.compiled_kernels is None:
+            pytest.skip(f"compiled kernels not available: {kernels.why_not_compiled}")
+        return kernels.compiled_kernels
+    return kernels.numpy_kernels
 
 
 @pytest.fixture(params=["project", "scatter"])
-def nc1_method(request, monkeypatch):
-    """Run a test with both ways pass 2 projects Σ_W (ncli.stream.nc1_method)."""
-    import ncli.stream
-
-    monkeypatch.setattr(ncli.stream, "NC1_METHOD", request.param)
+def nc1_method(request):
+    """Both ways pass 2 gets Σ_W on span(M): give them to a test's ``NumpyBackend(nc1_method=...)``."""
     return request.param

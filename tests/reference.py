@@ -1,4 +1,4 @@
-"""A dense, float64, deliberately naive transcription of shared/spec/metrics.md.
+"""A dense, float64, deliberately naive transcription of docs/metrics.md (the metric contract).
 
 Written from the spec alone (not from ncli's code), to check ``ncli.measure`` against.
 Everything is formed explicitly: Σ_W and Σ_B as p×p matrices, Σ_B^† from ``np.linalg.eigh``,
@@ -31,6 +31,7 @@ METRIC_KEYS = (
     "etf_distance_classifiers",
     "self_duality",
     "wh_etf_distance",
+    "bias_collapse",
     "ncc_disagreement",
 )
 SPLIT_KEYS = ("num_samples", "accuracy", "ncc_accuracy", "ncc_disagreement")
@@ -183,6 +184,7 @@ def reference_record(
         metrics["wh_etf_distance"] = float(
             np.linalg.norm(WM / np.linalg.norm(WM, "fro") - _etf_target(C), "fro")
         )
+        metrics["bias_collapse"] = math.sqrt(sum((float(W[c] @ mu_G) + b[c]) ** 2 for c in range(C)))
     else:
         w_norms = None
         for k in (
@@ -192,6 +194,7 @@ def reference_record(
             "etf_distance_classifiers",
             "self_duality",
             "wh_etf_distance",
+            "bias_collapse",
         ):
             metrics[k] = None
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ncli.cli import app
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 runner = CliRunner()
 
@@ -126,3 +126,28 @@ def test_python_dash_m_and_version():
     proc = subprocess.run([sys.executable, "-m", "ncli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("ncli ")
+
+
+@pytest.mark.parametrize("global_mean", ["class", "sample"])
+def test_bias_collapse_in_json_table_csv_and_compare(tmp_path, rng, global_mean):
+    """A registry metric reaches every output: ‖W μ_G + b‖ with μ_G as --global-mean says."""
+    C, p, n = 4, 6, 203  # imbalanced: the two global means differ
+    means = rng.standard_normal((C, p)) * 4
+    y = np.arange(n) % C
+    H = means[y] + rng.standard_normal((n, p))
+    W, b = rng.standard_normal((C, p)), rng.standard_normal(C)
+    path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W, bias=b)
+    class_means = np.stack([H[y == c].mean(axis=0) for c in range(C)])
+    mu_g = class_means.mean(axis=0) if global_mean == "class" else H.mean(axis=0)
+    want = float(np.sqrt(np.sum((W @ mu_g + b) ** 2)))
+    res = runner.invoke(app, ["measure", str(path), "--json", "--global-mean", global_mean])
+    assert json.loads(res.stdout)["metrics"]["bias_collapse"] == pytest.approx(want, rel=1e-12)
+    table = runner.invoke(app, ["measure", str(path), "--global-mean", global_mean]).stdout
+    assert any("bias_collapse" in line and "‖W μ_G + b‖" in line and f"{want:.6g}" in line for line in table.splitlines())
+    csv_text = runner.invoke(app, ["compare", str(path), "--csv", "--global-mean", global_mean]).stdout
+    assert any(line.split(",")[5:] == ["bias_collapse", repr(json.loads(res.stdout)["metrics"]["bias_collapse"])]
+               for line in csv_text.splitlines())
+    compared = json.loads(runner.invoke(app, ["compare", str(path), str(path), "--json"]).stdout)
+    assert "bias_collapse" in compared["trend"]
+    no_classifier = _file(tmp_path, rng, "plain.h5", classifier=False)
+    assert json.loads(runner.invoke(app, ["measure", str(no_classifier), "--json"]).stdout)["metrics"]["bias_collapse"] is None

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ncli import compare as C
 from ncli.cli import app
+from ncli.compare.load import LoadOptions, Run, load_runs, order_runs, read_input
+from ncli.compare.table import SPARK_BLOCKS, compare_tables, fmt_trend, sparkline, trend_ratio
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 from ncli.features import write_features
-from ncli.measure import measure_file
-from ncli.report import record_json
+from ncli.measure import registry
+from ncli.measure.record import measure_file
+from ncli.measure.render import record_json
 
 runner = CliRunner()
 
@@ -93,13 +95,13 @@ def test_order_given_keeps_the_argument_order(series):
 
 def test_order_epoch_then_step_then_given_and_missing_epoch_last():
     def rec(name, epoch, step):
-        return C.Run({"file": name, "epoch": epoch, "step": step}, name, 0)
+        return Run({"file": name, "epoch": epoch, "step": step}, name, 0)
 
     runs = [rec("none", None, None), rec("e2s5", 2, 5), rec("e2s1", 2, 1), rec("e1", 1, None), rec("e2s1b", 2, 1)]
     for i, r in enumerate(runs):
         r.position = i
-    assert [r.source for r in C.order_runs(runs)] == ["e1", "e2s1", "e2s1b", "e2s5", "none"]
-    assert [r.source for r in C.order_runs(runs, "given")] == [r.source for r in runs]
+    assert [r.source for r in order_runs(runs)] == ["e1", "e2s1", "e2s1b", "e2s5", "none"]
+    assert [r.source for r in order_runs(runs, "given")] == [r.source for r in runs]
 
 
 # --------------------------------------------------------------------------- same numbers as measure
@@ -151,12 +153,12 @@ def test_csv_is_tidy_and_gives_the_measure_numbers(series):
 
 def test_stdin_records_are_used_as_given_not_measured_again(series, monkeypatch):
     lines = _ok(runner.invoke(app, ["measure", *series, "--json"])).stdout
-    import ncli.measure
+    import ncli.measure.record
 
     def boom(*a, **k):
         raise AssertionError("compare measured again")
 
-    monkeypatch.setattr(ncli.measure, "measure_file", boom)
+    monkeypatch.setattr(ncli.measure.record, "measure_file", boom)
     out = json.loads(_ok(_compare(["-", "--json"], input=lines)).stdout)
     assert out["runs"] == [json.loads(line) for line in lines.splitlines()]
     # shuffled lines are still ordered by epoch
@@ -206,7 +208,7 @@ def test_table_rows_columns_trend_and_no_truncation_in_pipes(series):
     for key in recs[0]["metrics"]:
         assert any(line.split("│")[1].strip() == key for line in lines if "│" in line)
     assert "train accuracy" in out and "test ncc_disagreement" in out
-    assert not any(ch in out for ch in C.SPARK_BLOCKS)  # no sparkline in a pipe
+    assert not any(ch in out for ch in SPARK_BLOCKS)  # no sparkline in a pipe
     assert "…" not in out
 
 
@@ -216,19 +218,19 @@ def test_sparkline_on_terminals_only():
 
     def render(spark):
         buf = io.StringIO()
-        Console(file=buf, width=200, color_system=None).print(C.compare_table(recs, sparklines=spark))
+        Console(file=buf, width=200, color_system=None).print(compare_tables(recs, sparklines=spark)[0])
         return buf.getvalue()
 
     assert "█▆▃▁ ×0.001" in render(True)
-    assert not any(ch in render(False) for ch in C.SPARK_BLOCKS)
+    assert not any(ch in render(False) for ch in SPARK_BLOCKS)
 
 
 def test_narrow_terminal_splits_runs_over_tables_instead_of_cutting_numbers(series):
     from rich.console import Console
 
     recs = [_measured(p) for p in series]
-    assert len(C.compare_tables(recs, sparklines=True, width=None)) == 1
-    tables = C.compare_tables(recs, sparklines=True, width=70)
+    assert len(compare_tables(recs, sparklines=True, width=None)) == 1
+    tables = compare_tables(recs, sparklines=True, width=70)
     assert len(tables) > 1
     buf = io.StringIO()
     console = Console(file=buf, width=70, color_system=None)
@@ -243,16 +245,16 @@ def test_narrow_terminal_splits_runs_over_tables_instead_of_cutting_numbers(seri
 
 
 def test_trend_and_sparkline_units():
-    assert C.trend_ratio([2.0, 3.0, 1.0]) == 0.5
-    assert C.trend_ratio([0.0, 1.0]) is None
-    assert C.trend_ratio([None, 1.0]) is None
-    assert C.trend_ratio([1.0, None]) is None
-    assert C.trend_ratio([1.0]) is None
-    assert C.fmt_trend(None) == "—"
-    assert C.sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
-    assert C.sparkline([1000.0, 10.0, 0.1]) == "█▅▁"  # log scale across decades
-    assert C.sparkline([1.0, None, 1.0]) == "▄ ▄"
-    assert C.sparkline([None, None]) == "  "
+    assert trend_ratio([2.0, 3.0, 1.0]) == 0.5
+    assert trend_ratio([0.0, 1.0]) is None
+    assert trend_ratio([None, 1.0]) is None
+    assert trend_ratio([1.0, None]) is None
+    assert trend_ratio([1.0]) is None
+    assert fmt_trend(None) == "—"
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([1000.0, 10.0, 0.1]) == "█▅▁"  # log scale across decades
+    assert sparkline([1.0, None, 1.0]) == "▄ ▄"
+    assert sparkline([None, None]) == "  "
 
 
 # --------------------------------------------------------------------------- the figure
@@ -260,30 +262,30 @@ def test_trend_and_sparkline_units():
 
 def test_figure_has_the_papers_panels(series):
     pytest.importorskip("matplotlib")
-    from ncli import plot as P
+    from ncli.compare import plot
 
     recs = [_measured(p) for p in series]
-    fig = P.build_figure(recs)
+    fig = plot.build_figure(recs)
     axes = fig.axes
     assert len(axes) == 7
-    assert [ax.get_title() for ax in axes] == list(P.EPOCH_TITLES)
+    assert [ax.get_title() for ax in axes] == list(registry.EPOCH_TITLES)
     titles = " ".join(ax.get_title() for ax in axes)
     for fig_no in ("Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Fig. 6", "Fig. 7"):
         assert fig_no in titles
-    by_title = dict(zip(P.EPOCH_TITLES, axes))
-    assert by_title[P.TITLE_NC1].get_yscale() == "log"
+    by_title = dict(zip(registry.EPOCH_TITLES, axes))
+    assert by_title[registry.NC1_PANEL.title].get_yscale() == "log"
     assert all(ax.get_xscale() == "log" for ax in axes)  # epochs 1..1000 span decades
     assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in axes)
     # means and classifiers: two colours, the same in every NC2 panel
     from matplotlib.colors import to_hex
 
-    for t in (P.TITLE_EQUINORM, P.TITLE_EQUIANGULAR, P.TITLE_MAXANGLE):
+    for t in (registry.EQUINORM_PANEL.title, registry.EQUIANGULAR_PANEL.title, registry.MAXANGLE_PANEL.title):
         lines = {ln.get_label(): to_hex(ln.get_color()) for ln in by_title[t].get_lines()}
-        assert lines == {"class means": to_hex(P.MEANS_COLOR), "classifiers": to_hex(P.CLASSIFIERS_COLOR)}
-    nc1_line = by_title[P.TITLE_NC1].get_lines()[0]
+        assert lines == {"class means": to_hex(plot.MEANS_COLOR), "classifiers": to_hex(plot.CLASSIFIERS_COLOR)}
+    nc1_line = by_title[registry.NC1_PANEL.title].get_lines()[0]
     assert list(nc1_line.get_xdata()) == list(EPOCHS)
     assert list(nc1_line.get_ydata()) == [r["metrics"]["nc1"] for r in recs]
-    acc = {ln.get_label(): list(ln.get_ydata()) for ln in by_title[P.TITLE_ACCURACY].get_lines()}
+    acc = {ln.get_label(): list(ln.get_ydata()) for ln in by_title[registry.ACCURACY_PANEL.title].get_lines()}
     assert acc["train"] == [r["splits"]["train"]["accuracy"] for r in recs]
     assert set(acc) == {"train", "test"}
     assert len(fig.legends) == 1
@@ -291,15 +293,15 @@ def test_figure_has_the_papers_panels(series):
 
 def test_figure_without_epochs_uses_run_index_and_linear_x(series):
     pytest.importorskip("matplotlib")
-    from ncli import plot as P
+    from ncli.compare import plot
 
     recs = [_measured(p) for p in series[:2]]
     recs[1]["epoch"] = None
-    fig = P.build_figure(recs)
+    fig = plot.build_figure(recs)
     assert all("epoch not stored" in ax.get_xlabel() and ax.get_xscale() == "linear" for ax in fig.axes)
     assert list(fig.axes[1].get_lines()[0].get_xdata()) == [0, 1]
-    assert P.x_axis([{"epoch": 0}, {"epoch": 3}, {"epoch": 300}])[2] == "symlog"
-    assert P.x_axis([{"epoch": 10}, {"epoch": 300}])[2] == "linear"
+    assert plot.x_axis([{"epoch": 0}, {"epoch": 3}, {"epoch": 300}])[2] == "symlog"
+    assert plot.x_axis([{"epoch": 10}, {"epoch": 300}])[2] == "linear"
 
 
 def test_plot_writes_a_png_and_refuses_to_overwrite(series, tmp_path):
@@ -321,10 +323,10 @@ def test_plot_without_matplotlib_is_one_line_saying_how_to_install(series, tmp_p
         if name == "matplotlib" or name.startswith("matplotlib."):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    from ncli import plot as P
+    from ncli.compare import plot
 
     with pytest.raises(EnvironmentProblem, match=r"pip install 'ncli\[plot\]'"):
-        P.require_matplotlib()
+        plot.require_matplotlib()
     r = _compare([series[0], "--plot", str(tmp_path / "f.png")])
     assert r.exit_code == 5
     assert r.stderr.count("\n") == 1 and "pip install 'ncli[plot]'" in r.stderr
@@ -372,11 +374,11 @@ def test_by_layer_from_measure_lines(series):
 
 def test_by_layer_plot(series, tmp_path):
     pytest.importorskip("matplotlib")
-    from ncli import plot as P
+    from ncli.compare import plot
 
     recs = [_measured(series[0], layer=lay) for lay in ("block1", "block2", None)]
-    fig = P.build_layer_figure([("epoch 1", recs)])
-    assert [ax.get_title() for ax in fig.axes] == list(P.LAYER_TITLES)
+    fig = plot.build_layer_figure([("epoch 1", recs)])
+    assert [ax.get_title() for ax in fig.axes] == list(registry.LAYER_TITLES)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["block1", "block2", "fc"]
     out = tmp_path / "layers.svg"
     _ok(_compare([series[0], "--by", "layer", "--plot", str(out), "--csv"]))
@@ -402,7 +404,7 @@ def _one_line_error(r, code):
 def test_no_inputs_is_a_usage_error():
     _one_line_error(_compare([]), 2)
     with pytest.raises(UsageError):
-        C.load_runs([])
+        load_runs([])
 
 
 def test_garbage_on_stdin_names_stdin_and_the_line(series):
@@ -434,12 +436,12 @@ def test_other_input_errors(tmp_path, series):
     binary.write_bytes(b"\x00\xff\xfe" * 10)
     assert "neither an HDF5" in _one_line_error(_compare([str(binary)]), 3)
     with pytest.raises(InputError, match="no such file"):
-        C.read_input(str(tmp_path / "nope"), C.LoadOptions())
+        read_input(str(tmp_path / "nope"), LoadOptions())
 
 
 def test_compare_does_not_import_torch():
     import subprocess
 
-    code = "import sys, ncli.cli, ncli.compare, ncli.plot; print('torch' in sys.modules)"
+    code = "import sys, ncli.cli, ncli.compare.load, ncli.compare.table, ncli.compare.export, ncli.compare.plot; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.engine import NumpyBackend
+from ncli.measure.record import measure_file
 
 
 DEVICES = ["cpu", pytest.param("torch:cpu", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="no torch"))]
+
+
+def _backend(device, kernels, nc1_method="auto"):
+    """The numpy backend with these kernels, or the torch backend's code on the CPU."""
+    if device == "torch:cpu":
+        from ncli.measure.engine_torch import TorchBackend
+
+        return TorchBackend("cpu")
+    return NumpyBackend(kernels=kernels, nc1_method=nc1_method)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -27,7 +37,7 @@ def test_near_tied_logits_match_float64(tmp_path, rng, device, kernel_backend, n
     W[1] = W[0] + 1e-9 * rng.standard_normal(p)
     b = np.zeros(C)
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=C, weight=W, bias=b)
-    rec = measure_file(path, per_class=True, chunk_rows=333, device=device)
+    rec = measure_file(path, per_class=True, chunk_rows=333, backend=_backend(device, kernel_backend, nc1_method))
     logits = H.astype(np.float64) @ W.T + b
     y_net = np.argmax(logits, axis=1)
     assert rec["splits"]["train"]["accuracy"] == np.count_nonzero(y_net == y) / n
@@ -47,7 +57,7 @@ def test_exact_logit_tie_breaks_to_smallest_index(tmp_path, device, kernel_backe
     y = np.array([0, 0, 1, 1])
     W = np.array([[1.0, 1.0], [1.0, 1.0]])
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}}, num_classes=2, weight=W)
-    rec = measure_file(path, device=device)
+    rec = measure_file(path, backend=_backend(device, kernel_backend))
     assert rec["splits"]["train"]["accuracy"] == 0.5
 
 
@@ -64,7 +74,7 @@ def test_near_tied_class_centres_match_float64(tmp_path, rng, device, kernel_bac
     # the same rows again as a test split: evaluated only (NCC scores from the centred rows)
     path = write_features(tmp_path / "f.h5", {"train": {"features": H, "labels": y}, "test": {"features": H, "labels": y}},
                           num_classes=C, weight=W)
-    rec = measure_file(path, chunk_rows=1000, device=device)
+    rec = measure_file(path, chunk_rows=1000, backend=_backend(device, kernel_backend, nc1_method))
     H64 = H.astype(np.float64)
     mus = np.stack([H64[y == c].mean(0) for c in range(C)])
     d = ((H64[:, None, :] - mus[None]) ** 2).sum(-1)

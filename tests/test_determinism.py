@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-import ncli.stream
+import ncli.measure.blocks
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_bit_identical_across_runs_read_sizes_and_threads(multi_block_file):
 
 def test_block_size_changes_only_rounding(multi_block_file, monkeypatch):
     ref = measure_file(multi_block_file)
-    monkeypatch.setattr(ncli.stream, "BLOCK_ROWS", 13)
+    monkeypatch.setattr(ncli.measure.blocks, "BLOCK_ROWS", 13)
     small = measure_file(multi_block_file, chunk_rows=50)
     assert small["splits"] == ref["splits"]  # decisions are exact
     for key, v in ref["metrics"].items():

@@ -239,7 +239,7 @@ def test_direct_reads_refuse_user_block(tmp_path):
 
 def test_measure_same_with_and_without_direct_reads(tmp_path, rng, monkeypatch):
     from ncli.features.direct_rows import DirectRows
-    from ncli.measure import measure_file
+    from ncli.measure.record import measure_file
 
     C, p, n = 5, 12, 3000
     means = rng.standard_normal((C, p))

@@ -109,9 +109,9 @@ def synthetic(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_output_unchanged(name, synthetic):
-    import ncli.kernels
+    import ncli.measure.kernels
 
-    if ncli.kernels.compiled_kernels is None:
+    if ncli.measure.kernels.compiled_kernels is None:
         pytest.skip("golden outputs are those of the compiled kernels")
     expected = (GOLDEN / f"{name}.txt").read_text(encoding="utf-8")
     got = run_case(name, synthetic)

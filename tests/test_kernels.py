@@ -1,4 +1,4 @@
-"""The per-block kernels (ncli/kernels.py): compiled C and numpy, each against a plain
+"""The per-block kernels (ncli/measure/kernels.py): compiled C and numpy, each against a plain
 float64 transcription of its contract, and against each other."""
 
 from __future__ import annotations
@@ -6,13 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import ncli.kernels as K
+from ncli.measure import kernels
+from ncli.measure.engine import NumpyBackend, cheaper_nc1_method
 
 
 def _backends():
-    out = [pytest.param(K.numpy_kernels, id="numpy")]
-    skip = pytest.mark.skipif(K.compiled_kernels is None, reason=f"compiled kernels not available: {K.why_not_compiled}")
-    out.append(pytest.param(K.compiled_kernels, id="compiled", marks=skip))
+    out = [pytest.param(kernels.numpy_kernels, id="numpy")]
+    skip = pytest.mark.skipif(
+        kernels.compiled_kernels is None, reason=f"compiled kernels not available: {kernels.why_not_compiled}"
+    )
+    out.append(pytest.param(kernels.compiled_kernels, id="compiled", marks=skip))
     return out
 
 
@@ -116,11 +119,11 @@ def test_ncc_coords(kern, with_proj, rng):
         np.testing.assert_allclose(proj, 0.5 + (Z**2).sum(axis=0), rtol=1e-14)
 
 
-@pytest.mark.skipif(K.compiled_kernels is None, reason="compiled kernels not available")
+@pytest.mark.skipif(kernels.compiled_kernels is None, reason="compiled kernels not available")
 def test_compiled_and_numpy_measure_agree(tmp_path, rng):
     """A whole measurement: same decisions, float64 results equal to rounding."""
     from ncli.features import write_features
-    from ncli.measure import measure_file
+    from ncli.measure.record import measure_file
 
     C, p, n = 13, 40, 9000
     means = rng.standard_normal((C, p)) * 2
@@ -136,13 +139,8 @@ def test_compiled_and_numpy_measure_agree(tmp_path, rng):
         bias=rng.standard_normal(C),
     )
     recs = {}
-    for name, kern in (("numpy", K.numpy_kernels), ("compiled", K.compiled_kernels)):
-        old = K.active
-        K.active = kern
-        try:
-            recs[name] = measure_file(path, per_class=True, threads=2)
-        finally:
-            K.active = old
+    for name, kern in (("numpy", kernels.numpy_kernels), ("compiled", kernels.compiled_kernels)):
+        recs[name] = measure_file(path, per_class=True, backend=NumpyBackend(kernels=kern, threads=2))
     a, b = recs["numpy"], recs["compiled"]
     assert a["splits"] == b["splits"]  # decisions (accuracies, disagreement) are identical
     for key, va in a["metrics"].items():
@@ -154,8 +152,8 @@ def test_compiled_and_numpy_measure_agree(tmp_path, rng):
 
 
 def test_backend_is_reported():
-    assert K.BACKEND in ("compiled", "numpy")
-    assert K.active is K.compiled_kernels or K.active is K.numpy_kernels
+    assert kernels.default_kernels.name in ("compiled", "numpy")
+    assert kernels.default_kernels is kernels.compiled_kernels or kernels.default_kernels is kernels.numpy_kernels
 
 
 @pytest.mark.parametrize("kern", BACKENDS)
@@ -189,27 +187,26 @@ def test_decide_with_row_table(kern, rng):
 
 
 def test_nc1_method_cost_model():
-    from ncli.stream import nc1_method
-
-    assert nc1_method(512, 100, 100) == "project"  # C << p: project on the k = C directions
-    assert nc1_method(2048, 999, 1000) == "project"
-    assert nc1_method(512, 512, 1000) == "scatter"  # k = p (ImageNet, p = 512): p x p scatter
-    assert nc1_method(5, 5, 12) == "scatter"
+    assert cheaper_nc1_method(512, 100, 100) == "project"  # C << p: project on the k = C directions
+    assert cheaper_nc1_method(2048, 999, 1000) == "project"
+    assert cheaper_nc1_method(512, 512, 1000) == "scatter"  # k = p (ImageNet, p = 512): p x p scatter
+    assert cheaper_nc1_method(5, 5, 12) == "scatter"
 
 
-def test_scatter_is_reproducible(tmp_path, rng, monkeypatch):
+def test_scatter_is_reproducible(tmp_path, rng):
     """Per-block p x p partial sums added in file order: bit-identical across threads and reads."""
-    import ncli.stream
     from ncli.features import write_features
-    from ncli.measure import measure_file
+    from ncli.measure.record import measure_file
 
-    monkeypatch.setattr(ncli.stream, "NC1_METHOD", "scatter")
     C, p, n = 30, 12, 9000
     means = rng.standard_normal((C, p)) * 2
     y = rng.integers(0, C, n)
     H = (means[y] + rng.standard_normal((n, p))).astype(np.float32)
     path = write_features(tmp_path / "s.h5", {"train": {"features": H, "labels": y}}, num_classes=C,
                           weight=rng.standard_normal((C, p)))
-    first = measure_file(path, per_class=True, threads=1)
-    assert measure_file(path, per_class=True, threads=2) == first
-    assert measure_file(path, per_class=True, threads=2, chunk_rows=1000) == first
+    def scatter(threads):
+        return NumpyBackend(nc1_method="scatter", threads=threads)
+
+    first = measure_file(path, per_class=True, backend=scatter(1))
+    assert measure_file(path, per_class=True, backend=scatter(2)) == first
+    assert measure_file(path, per_class=True, backend=scatter(2), chunk_rows=1000) == first

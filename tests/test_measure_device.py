@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ncli.cli import app
 from ncli.features import write_features
-from ncli.measure import measure_file
+from ncli.measure.record import measure_file
 
 try:
     from reference import assert_record_matches, reference_record
@@ -19,6 +19,8 @@ except ImportError:  # pragma: no cover
     from tests.reference import assert_record_matches, reference_record
 
 pytest.importorskip("torch")
+
+from ncli.measure.engine_torch import TorchBackend  # noqa: E402
 
 
 @pytest.mark.parametrize("C, p, classifier", [(4, 9, True), (12, 5, True), (2, 3, False), (6, 16, True)])
@@ -40,13 +42,13 @@ def test_torch_path_matches_numpy_and_reference(tmp_path, rng, C, p, classifier)
         bias=b,
     )
     cpu = measure_file(path, per_class=True)
-    dev = measure_file(path, per_class=True, device="torch:cpu")
-    assert dev["splits"] == cpu["splits"]  # decisions are exact on both paths
+    on_torch = measure_file(path, per_class=True, backend=TorchBackend("cpu"))
+    assert on_torch["splits"] == cpu["splits"]  # decisions are exact on both paths
     ref = reference_record(H, y, C, W, b, {"test": (Ht, yt)})
-    assert_record_matches(dev, ref, per_class=True)
+    assert_record_matches(on_torch, ref, per_class=True)
     for key, v in cpu["metrics"].items():
         if isinstance(v, float):
-            assert dev["metrics"][key] == pytest.approx(v, rel=1e-9, abs=1e-15), key
+            assert on_torch["metrics"][key] == pytest.approx(v, rel=1e-9, abs=1e-15), key
 
 
 def test_cuda_absent_falls_back_with_a_warning(tmp_path, rng):

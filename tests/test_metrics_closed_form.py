@@ -14,7 +14,7 @@ import pytest
 
 from ncli.features import write_features
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 EXACT = 1e-14  # "equal": the hand values are dyadic; only summation order may differ
 

@@ -11,7 +11,7 @@ import pytest
 from ncli.errors import InputError
 from ncli.features import write_features
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 
 def _data(rng, C=3, n=30, p=4):

@@ -14,13 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ncli.features import write_features
+from ncli.measure.engine import NumpyBackend
 
 try:
     from reference import assert_record_matches, reference_record
 except ImportError:  # tests/ imported as a package
     from tests.reference import assert_record_matches, reference_record
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 PROP = settings(max_examples=25, deadline=None, derandomize=False)
 
@@ -164,7 +165,8 @@ def test_collapsed_class_sigma2_exact(tmp_path, chunk_rows, kernel_backend, nc1_
     H, y = H[perm], y[perm]
     path = tmp_path / "collapsed.h5"
     write_features(path, {"train": {"features": H, "labels": y}}, num_classes=2)
-    rec = measure.measure_file(str(path), per_class=True, chunk_rows=chunk_rows)
+    backend = NumpyBackend(kernels=kernel_backend, nc1_method=nc1_method)
+    rec = measure.measure_file(str(path), per_class=True, chunk_rows=chunk_rows, backend=backend)
     for c in (0, 1):
         want = _two_pass_sigma2(H[y == c])
         got = rec["per_class"][c]["sigma2"]

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from ncli.features import write_features
+from ncli.measure.engine import NumpyBackend
 
 try:
     from reference import assert_record_matches, reference_record
 except ImportError:  # tests/ imported as a package
     from tests.reference import assert_record_matches, reference_record
 
-measure = pytest.importorskip("ncli.measure")
+measure = pytest.importorskip("ncli.measure.record")
 
 
 def make_split(rng, means, counts, *, noise=1.0, mix=None, dtype=np.float64):
@@ -117,7 +118,8 @@ def test_matches_reference(case, tmp_path, kernel_backend, nc1_method):
     path = tmp_path / "f.h5"
     ref = build(case, path)
     rec = measure.measure_file(
-        str(path), split=case.train_name, global_mean=case.global_mean, per_class=True, chunk_rows=case.chunk_rows
+        str(path), split=case.train_name, global_mean=case.global_mean, per_class=True, chunk_rows=case.chunk_rows,
+        backend=NumpyBackend(kernels=kernel_backend, nc1_method=nc1_method),
     )
     assert_record_matches(rec, ref, per_class=True)
     if case.expected_rank is not None:
@@ -158,7 +160,7 @@ def test_chunked_equals_unchunked(tmp_path, kernel_backend):
     path = tmp_path / "c.h5"
     ref = build(case, path)
     for rows in (1, 7, 64, None):
-        rec = measure.measure_file(str(path), per_class=True, chunk_rows=rows)
+        rec = measure.measure_file(str(path), per_class=True, chunk_rows=rows, backend=NumpyBackend(kernels=kernel_backend))
         assert_record_matches(rec, ref, per_class=True)
 
 

@@ -36,10 +36,10 @@ _state = {"debug": False}
 
 def _version_callback(value: bool) -> None:
     if value:
-        from ncli import kernels
+        from ncli.measure.kernels import default_kernels, why_not_compiled
 
-        why = f" ({kernels.why_not_compiled})" if kernels.why_not_compiled else ""
-        typer.echo(f"ncli {__version__}\nmeasure kernels: {kernels.BACKEND}{why}")
+        why = f" ({why_not_compiled})" if why_not_compiled else ""
+        typer.echo(f"ncli {__version__}\nmeasure kernels: {default_kernels.name}{why}")
         raise typer.Exit()
 
 

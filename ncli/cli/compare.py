@@ -1,5 +1,5 @@
-"""``ncli compare``: many runs side by side. Thin: options in, :mod:`ncli.compare` and
-:mod:`ncli.plot` do the work."""
+"""``ncli compare``: many runs side by side. Thin: options in, :mod:`ncli.compare` does the
+work."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def compare(
 
       ncli compare run.h5 --by layer
     """
-    from ncli import compare as C
+    from ncli.compare.load import LoadOptions, group_by_file, load_runs, order_runs
 
     if json_out and csv_out:
         raise UsageError("--json and --csv exclude each other; pick one")
@@ -70,19 +70,19 @@ def compare(
         raise UsageError("compare needs at least one INPUT (feature files, `ncli measure --json` lines, or - for stdin)")
     plot_path = None
     if plot is not None:
-        plot_path = C.check_plot_path(plot, force)
-        from ncli.plot import require_matplotlib
+        from ncli.compare.plot import check_plot_path, require_matplotlib
 
+        plot_path = check_plot_path(plot, force)
         require_matplotlib()  # fail before measuring anything
 
-    opts = C.LoadOptions(
+    opts = LoadOptions(
         split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value, chunk_rows=chunk_rows
     )
-    runs = C.order_runs(C.load_runs(inputs, opts), order.value)
+    runs = order_runs(load_runs(inputs, opts), order.value)
     _note_mixed(runs)
 
     if by is By.layer:
-        groups = C.group_by_file(runs, order.value)
+        groups = group_by_file(runs, order.value)
         ordered = [r for g in groups for r in g.runs]
     else:
         groups = None
@@ -90,39 +90,44 @@ def compare(
     records = [r.record for r in ordered]
 
     if json_out:
-        sys.stdout.write(C.compare_json(C.compare_object(ordered, by=by.value, order=order.value)) + "\n")
+        from ncli.compare.export import compare_json, compare_object
+
+        sys.stdout.write(compare_json(compare_object(ordered, by=by.value, order=order.value)) + "\n")
     elif csv_out:
-        sys.stdout.write(C.compare_csv(records))
+        from ncli.compare.export import compare_csv
+
+        sys.stdout.write(compare_csv(records))
     else:
         from rich.text import Text
 
+        from ncli.compare.table import compare_tables, table_heading
         from ncli.console import make_console
 
         console = make_console()
         spark = console.is_terminal
         tables = [[r.record for r in g.runs] for g in groups] if groups is not None else [records]
         for recs in tables:
-            heading = C.table_heading(recs, by.value)
+            heading = table_heading(recs, by.value)
             if heading:
                 console.print(Text(heading))
-            for table in C.compare_tables(recs, by=by.value, sparklines=spark, width=console.width if spark else None):
+            for table in compare_tables(recs, by=by.value, sparklines=spark, width=console.width if spark else None):
                 console.print(table)
     sys.stdout.flush()
 
     if plot_path is not None:
-        from ncli import plot as P
+        from ncli.compare.plot import build_figure, build_layer_figure, save_figure
 
         if groups is not None:
-            fig = P.build_layer_figure([(_group_label(g), [r.record for r in g.runs]) for g in groups])
+            fig = build_layer_figure([(_group_label(group), [run.record for run in group.runs]) for group in groups])
         else:
-            fig = P.build_figure(records)
-        P.save_figure(fig, plot_path, force=force)
+            fig = build_figure(records)
+        save_figure(fig, plot_path, force=force)
         done(f"wrote {plot_path}")
 
 
-def _group_label(g) -> str:
-    rec = g.runs[0].record
-    return f"epoch {rec['epoch']}" if rec.get("epoch") is not None else g.file
+def _group_label(group) -> str:
+    rec = group.runs[0].record
+    return f"epoch {rec['epoch']}" if rec.get("epoch") is not None else group.file
 
 
 def _note_mixed(runs) -> None:

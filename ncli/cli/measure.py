@@ -59,30 +59,32 @@ def measure(
 
     Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
     """
-    from ncli.measure import list_layers, measure_file
-    from ncli.report import print_records, record_json
+    from ncli.measure.engine import NumpyBackend
+    from ncli.measure.record import list_layers, measure_file
+    from ncli.measure.render import print_records, record_json
 
+    backend = None
     if device != "cpu":
-        from ncli.stream_torch import resolve_device
+        from ncli.measure.engine_torch import TorchBackend
 
         try:
-            resolve_device(device)
+            backend = TorchBackend(device)
         except NcliError as exc:
             warn(f"{exc}; measuring on the CPU instead")
-            device = "cpu"
+    if backend is None:
+        backend = NumpyBackend(threads=threads)
     records = []
     for f in files:
         layers = list_layers(f, split) if layer == "all" else [layer]
-        for lay in layers:
+        for name in layers:
             rec = measure_file(
                 f,
                 split=split,
                 global_mean=global_mean.value,
                 per_class=per_class,
-                layer=lay,
+                layer=name,
                 chunk_rows=chunk_rows,
-                threads=threads,
-                device=device,
+                backend=backend,
             )
             if json_out:
                 sys.stdout.write(record_json(rec) + "\n")

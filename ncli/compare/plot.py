@@ -7,7 +7,8 @@ returns the figure so that callers and tests can inspect it, :func:`save_figure`
 
 Panels against epoch (Papyan, Han & Donoho, PNAS 2020): train/test accuracy; NC1 (Fig. 6,
 log scale); equinorm (Fig. 2); equiangularity (Fig. 3); max-angle (Fig. 4); self-duality
-(Fig. 5); NCC disagreement (Fig. 7). Class means are always drawn in one colour and
+(Fig. 5); NCC disagreement (Fig. 7). The panels and what each draws are declared in the
+metric registry (:mod:`ncli.measure.registry`). Class means are always drawn in one colour and
 classifiers in another, the same in every panel; splits differ by line style.
 """
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ncli.errors import EnvironmentProblem
-from ncli.outputs import cleanup_stale_temps, commit, temp_path_for
+from ncli.errors import EnvironmentProblem, UsageError
+from ncli.measure.registry import EPOCH_PANELS, LAYER_PANELS, METRICS, SPLIT_NUMBERS, Panel
+from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
 
 MEANS_COLOR = "tab:blue"  # the paper's colour for class means
 CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
@@ -28,33 +30,7 @@ LOG_X_SPAN = 100  # log x-axis when max/min epoch reaches this (epochs span two 
 
 INSTALL_HINT = "pip install 'ncli[plot]'"
 
-# panel titles (tests and the README refer to them)
-TITLE_ACCURACY = "Accuracy (train / test)"
-TITLE_NC1 = "Fig. 6  NC1: Tr(Σ_W Σ_B⁺)/C"
-TITLE_EQUINORM = "Fig. 2  Equinorm: std/mean of norms"
-TITLE_EQUIANGULAR = "Fig. 3  Equiangularity: std of cosines"
-TITLE_MAXANGLE = "Fig. 4  Max-angle: mean |cos + 1/(C−1)|"
-TITLE_SELF_DUALITY = "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²"
-TITLE_NCC = "Fig. 7  NCC disagreement: net ≠ nearest class centre"
-EPOCH_TITLES = (
-    TITLE_ACCURACY,
-    TITLE_NC1,
-    TITLE_EQUINORM,
-    TITLE_EQUIANGULAR,
-    TITLE_MAXANGLE,
-    TITLE_SELF_DUALITY,
-    TITLE_NCC,
-)
-
-LAYER_TITLES = (
-    "NC1: Tr(Σ_W Σ_B⁺)/C",
-    "Trace ratio: Tr(Σ_W)/Tr(Σ_B)",
-    "CDNV",
-    "Equinorm of class means",
-    "Equiangularity of class means",
-    "Max-angle of class means",
-    "NCC accuracy",
-)
+SERIES = {"means": (MEANS_COLOR, "class means"), "classifiers": (CLASSIFIERS_COLOR, "classifiers")}
 
 
 def require_matplotlib():
@@ -68,6 +44,14 @@ def require_matplotlib():
             f"--plot needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
         ) from None
     return matplotlib
+
+
+def check_plot_path(path: str | os.PathLike, force: bool) -> Path:
+    """Fail before any work when ``--plot`` cannot be written as asked."""
+    out = Path(path)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--plot {path}: the file name must end in .png, .pdf or .svg")
+    return check_output_path(out, force)
 
 
 def _new_figure(nrows: int, ncols: int, size: tuple[float, float]):
@@ -151,67 +135,52 @@ def _split_values(records, split, key):
     return [r.get("splits", {}).get(split, {}).get(key) for r in records]
 
 
+def _draw(ax, panel: Panel, which: str, xs, records, splits, color: str | None = None) -> bool:
+    """Draw into ``ax`` what the registry places in ``panel`` (``which``: "epoch_panel" or
+    "layer_panel"): metrics as one line each, split numbers as one line per split. Means and
+    classifiers get their colour pair, everything else ``color`` (default: neutral)."""
+    drawn = False
+    for metric in METRICS:
+        if getattr(metric, which) is panel:
+            style = {"color": color or NEUTRAL_COLOR}
+            if color is None and metric.series is not None:
+                style["color"], style["label"] = SERIES[metric.series]
+            drawn |= _plot(ax, xs, _metric(records, metric.key), **style)
+    for number in SPLIT_NUMBERS:
+        if getattr(number, which) is panel:
+            for s in splits:
+                style = {"color": color or NEUTRAL_COLOR, "linestyle": _split_style(s, splits)}
+                if color is None:
+                    style["label"] = s
+                drawn |= _plot(ax, xs, _split_values(records, s, number.key), **style)
+    return drawn
+
+
 def build_figure(records: list[dict]):
     """One figure, the paper's panels against epoch (run index when epochs are missing).
 
     ``records`` are measure records in the order to draw (``ncli compare`` orders them by
-    epoch). Returns a ``matplotlib.figure.Figure`` with exactly 7 axes, titled
-    :data:`EPOCH_TITLES`; the legend for means/classifiers and splits is a figure legend.
+    epoch). Returns a ``matplotlib.figure.Figure`` with one axis per panel of
+    :data:`ncli.measure.registry.EPOCH_PANELS`, titled by them; the legend for
+    means/classifiers and splits is a figure legend.
     """
     if not records:
         raise ValueError("build_figure needs at least one record")
     fig, axes = _new_figure(2, 4, (16, 7.5))
     fig.delaxes(axes[-1])  # 7 panels; the 8th slot holds the legend
-    axes = axes[:7]
+    axes = axes[: len(EPOCH_PANELS)]
     xs, xlabel, scale = x_axis(records)
     splits = _splits(records)
-    ax_acc, ax_nc1, ax_norm, ax_ang, ax_max, ax_sd, ax_ncc = axes
-
-    # accuracy per split
-    drawn = False
-    for s in splits:
-        drawn |= _plot(ax_acc, xs, _split_values(records, s, "accuracy"), color=NEUTRAL_COLOR,
-                       linestyle=_split_style(s, splits), label=s)
-    if drawn:
-        ax_acc.set_ylim(-0.02, 1.02)
-    else:
-        _not_available(ax_acc, "not available (no classifier)")
-    ax_acc.set_ylabel("accuracy")
-
-    # NC1, log scale
-    if not _plot(ax_nc1, xs, _metric(records, "nc1"), color=NEUTRAL_COLOR):
-        _not_available(ax_nc1)
-    ax_nc1.set_yscale("log")
-    ax_nc1.set_ylabel("Tr(Σ_W Σ_B⁺)/C (log)")
-
-    # NC2 panels: means and classifiers
-    for ax, stem, ylabel in (
-        (ax_norm, "equinorm", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖"),
-        (ax_ang, "equiangular", "std of cos over pairs"),
-        (ax_max, "maxangle", "mean |cos + 1/(C−1)|"),
-    ):
-        a = _plot(ax, xs, _metric(records, f"{stem}_means"), color=MEANS_COLOR, label="class means")
-        b = _plot(ax, xs, _metric(records, f"{stem}_classifiers"), color=CLASSIFIERS_COLOR, label="classifiers")
-        if not (a or b):
-            _not_available(ax, "not available (C = 2: one pair)" if stem == "equiangular" else "not available")
-        ax.set_ylabel(ylabel)
-
-    # NC3
-    if not _plot(ax_sd, xs, _metric(records, "self_duality"), color=NEUTRAL_COLOR):
-        _not_available(ax_sd, "not available (no classifier)")
-    ax_sd.set_ylabel("‖W/‖W‖_F − M/‖M‖_F‖²_F")
-
-    # NC4 per split
-    drawn = False
-    for s in splits:
-        drawn |= _plot(ax_ncc, xs, _split_values(records, s, "ncc_disagreement"), color=NEUTRAL_COLOR,
-                       linestyle=_split_style(s, splits), label=s)
-    if not drawn:
-        _not_available(ax_ncc, "not available (no classifier)")
-    ax_ncc.set_ylabel("fraction of samples")
-
-    for ax, title in zip(axes, EPOCH_TITLES):
-        ax.set_title(title, fontsize=10)
+    for ax, panel in zip(axes, EPOCH_PANELS):
+        drawn = _draw(ax, panel, "epoch_panel", xs, records, splits)
+        if panel.fraction and drawn:
+            ax.set_ylim(-0.02, 1.02)
+        if not drawn:
+            _not_available(ax, panel.unavailable)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(xlabel)
         _set_xscale(ax, scale)
         ax.grid(True, which="major", alpha=0.3)
@@ -239,7 +208,7 @@ def build_layer_figure(groups: list[tuple[str, list[dict]]]):
     """Classifier-free metrics against layer depth, one line per file (``--by layer``).
 
     ``groups`` is a list of (label, records of that file's layers in depth order). Returns a
-    Figure with 7 axes titled :data:`LAYER_TITLES`.
+    Figure with one axis per panel of :data:`ncli.measure.registry.LAYER_PANELS`.
     """
     if not groups:
         raise ValueError("build_layer_figure needs at least one group")
@@ -249,11 +218,10 @@ def build_layer_figure(groups: list[tuple[str, list[dict]]]):
 
     fig, axes = _new_figure(2, 4, (16, 7.5))
     fig.delaxes(axes[-1])
-    axes = axes[:7]
+    axes = axes[: len(LAYER_PANELS)]
     cmap = colormaps["viridis"]
     n = len(groups)
     colors = [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
-    keys = ("nc1", "nc1_trace_ratio", "cdnv", "equinorm_means", "equiangular_means", "maxangle_means")
     all_records = [r for _, recs in groups for r in recs]
     splits = _splits(all_records)
     names: list[str] = []
@@ -264,18 +232,17 @@ def build_layer_figure(groups: list[tuple[str, list[dict]]]):
                 names.append(name)
     for (label, recs), color in zip(groups, colors):
         xs = [names.index(r.get("layer") or "features") for r in recs]
-        for ax, key in zip(axes, keys):
-            _plot(ax, xs, _metric(recs, key), color=color)
-        for s in splits:
-            _plot(axes[6], xs, _split_values(recs, s, "ncc_accuracy"), color=color, linestyle=_split_style(s, splits))
-    for i, (ax, title) in enumerate(zip(axes, LAYER_TITLES)):
-        ax.set_title(title, fontsize=10)
+        for ax, panel in zip(axes, LAYER_PANELS):
+            _draw(ax, panel, "layer_panel", xs, recs, splits, color=color)
+    for ax, panel in zip(axes, LAYER_PANELS):
+        ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("layer (input → output)")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        if i < 3:
+        if panel.log:
             ax.set_yscale("log")
+        if panel.fraction:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="major", alpha=0.3)
-    axes[6].set_ylim(-0.02, 1.02)
     handles = [Line2D([], [], color=c, marker="o", markersize=3, label=lab) for (lab, _), c in zip(groups, colors)]
     handles += [Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{s} split") for s in splits]
     fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.08), frameon=False, fontsize=9)

@@ -1,11 +1,11 @@
-/* Fused per-block kernels for `ncli measure` (see ncli/kernels.py, which loads this file's
+/* Fused per-block kernels for `ncli measure` (see kernels.py, which loads this file's
  * shared library with ctypes; ctypes releases the GIL for the duration of each call).
  *
  * Each kernel replaces several numpy passes over a block with one sweep. They are plain C99
  * on C-contiguous arrays with int64 sizes; nothing here allocates or calls Python. The
  * summation order is fixed by the source (explicit partial sums; the build uses
  * -ffp-contract=off, so no FMA contraction), so results are the same on every CPU, whatever
- * instruction set the compiler vectorises for. ncli/kernels.py has a numpy implementation of
+ * instruction set the compiler vectorises for. kernels.py has a numpy implementation of
  * every function with the same contract; tests compare the two.
  *
  * The module stub at the end (PyInit__kernels) only makes the library importable as
@@ -210,7 +210,7 @@ NCLI_EXPORT NCLI_CLONES void ncli_ncc_coords(const double *Z, int64_t n, int64_t
 
 static struct PyModuleDef kernels_module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled per-block kernels of ncli measure; loaded with ctypes by ncli.kernels.", -1, NULL,
+    "Compiled per-block kernels of ncli measure; loaded with ctypes by ncli.measure.kernels.", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

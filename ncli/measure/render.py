@@ -12,43 +12,26 @@ import math
 from typing import TYPE_CHECKING
 
 from ncli.console import fmt, make_console
+from ncli.measure.registry import CAPTIONS, SPLIT_NUMBERS
 
 if TYPE_CHECKING:  # rich is imported when a table is drawn (`--json` runs never load it)
     from rich.table import Table
 
-CAPTIONS = {
-    "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C",
-    "nc1_rank": "rank of Σ_B used",
-    "nc1_trace_ratio": "Tr(Σ_W)/Tr(Σ_B)",
-    "cdnv": "class-distance normalised variance",
-    "equinorm_means": "NC2  std/mean ‖μ_c−μ_G‖",
-    "equinorm_classifiers": "NC2  std/mean ‖w_c‖",
-    "equiangular_means": "NC2  std cos(μ_c, μ_c')",
-    "equiangular_classifiers": "NC2  std cos(w_c, w_c')",
-    "maxangle_means": "NC2  mean |cos + 1/(C−1)|, means",
-    "maxangle_classifiers": "NC2  mean |cos + 1/(C−1)|, classifiers",
-    "etf_distance_means": "NC2  ‖G/‖G‖ − ETF‖, means",
-    "etf_distance_classifiers": "NC2  ‖G/‖G‖ − ETF‖, classifiers",
-    "self_duality": "NC3  ‖W/‖W‖ − M/‖M‖‖²",
-    "wh_etf_distance": "NC3  ‖WM/‖WM‖ − ETF‖",
-    "ncc_disagreement": "NC4  net ≠ nearest class centre",
-}
 
-
-def _clean(obj):
+def nonfinite_to_null(obj):
     """Non-finite floats become None so that the JSON is strict."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [nonfinite_to_null(v) for v in obj]
     return obj
 
 
 def record_json(record: dict) -> str:
     """One line of strict JSON at full float precision."""
-    return json.dumps(_clean(record), allow_nan=False, ensure_ascii=False)
+    return json.dumps(nonfinite_to_null(record), allow_nan=False, ensure_ascii=False)
 
 
 def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True) -> list[str]:
@@ -91,12 +74,11 @@ def splits_table(rec: dict) -> Table:
     from rich.table import Table
 
     table = Table()
-    for col in ("split", "samples", "accuracy", "ncc_accuracy", "ncc_disagreement"):
-        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
-    for name, s in rec["splits"].items():
-        table.add_row(
-            name, fmt(s["num_samples"]), fmt(s["accuracy"]), fmt(s["ncc_accuracy"]), fmt(s["ncc_disagreement"])
-        )
+    table.add_column("split", justify="left", no_wrap=True)
+    for number in SPLIT_NUMBERS:
+        table.add_column(number.column or number.key, justify="right", no_wrap=True)
+    for name, values in rec["splits"].items():
+        table.add_row(name, *[fmt(values[number.key]) for number in SPLIT_NUMBERS])
     return table
 
 
@@ -105,8 +87,9 @@ def per_class_table(rec: dict) -> Table:
 
     splits = list(rec["splits"])
     table = Table()
+    per_split = [number for number in SPLIT_NUMBERS if number.per_class is not None]
     cols = ["class", "name", "N_c", "σ_c²", "‖μ_c−μ_G‖", "‖w_c‖", "cos(w_c, μ_c−μ_G)"]
-    cols += [f"NCC disagr. {s}" for s in splits]
+    cols += [f"{number.per_class_column} {s}" for number in per_split for s in splits]
     for col in cols:
         table.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
     for row in rec["per_class"]:
@@ -118,7 +101,7 @@ def per_class_table(rec: dict) -> Table:
             fmt(row["mean_dist"]),
             fmt(row["classifier_norm"]),
             fmt(row["cos_classifier_mean"]),
-            *[fmt(row["ncc_disagreement"].get(s)) for s in splits],
+            *[fmt(row[number.key].get(s)) for number in per_split for s in splits],
         )
     return table
 

@@ -1,4 +1,4 @@
-"""Per-block kernels of `ncli measure`: compiled C (``ncli/_kernels.c``) or numpy.
+"""Per-block kernels of `ncli measure`: compiled C (``_kernels.c``) or numpy.
 
 Each function has one contract and two implementations: ``_CKernels`` calls the shared
 library built from ``_kernels.c`` with ctypes (one sweep per block, the GIL released for the
@@ -7,7 +7,8 @@ compiled one is used when it was built at install time (``pip install`` compiles
 compiler is present, and installs without it otherwise); ``NCLI_KERNELS=numpy`` in the
 environment forces numpy. Both give the same decisions; float64 sums may differ in their last
 bits (different summation order), far below the 1e-9 the metrics are tested to, and each is
-bit-reproducible on its own. :data:`BACKEND` names the one in use (``ncli --version`` shows it).
+bit-reproducible on its own. :data:`default_kernels` is the one used unless a
+:class:`ncli.measure.engine.NumpyBackend` is given the other (``ncli --version`` names it).
 
 All arrays are C-contiguous; labels are int64 in [0, C) (the reader has checked them).
 """
@@ -187,7 +188,7 @@ class _CKernels:
 def _load_compiled() -> tuple[_CKernels | None, str | None]:
     """(the compiled kernels or None, why not)."""
     try:
-        from ncli import _kernels
+        from ncli.measure import _kernels
     except ImportError:
         return None, "not compiled at install time (no C compiler?)"
     try:
@@ -199,7 +200,6 @@ def _load_compiled() -> tuple[_CKernels | None, str | None]:
 numpy_kernels = _NumpyKernels()
 compiled_kernels, why_not_compiled = _load_compiled()
 if os.environ.get("NCLI_KERNELS", "").strip().lower() == "numpy":
-    active, why_not_compiled = numpy_kernels, "NCLI_KERNELS=numpy"
+    default_kernels, why_not_compiled = numpy_kernels, "NCLI_KERNELS=numpy"
 else:
-    active = compiled_kernels or numpy_kernels
-BACKEND: str = active.name  # "compiled" or "numpy", as loaded (ncli --version)
+    default_kernels = compiled_kernels or numpy_kernels  # what a NumpyBackend uses unless told (ncli --version)

@@ -1,0 +1,204 @@
+"""Compare's inputs: measure records from feature files (measured here with
+:func:`ncli.measure.record.measure_file`), from files of ``ncli measure --json`` lines (used as
+they are; nothing is measured again), or from those lines on stdin (``-``); their order and
+their grouping by file.
+
+``by="run"``: one column per run, ordered by the stored epoch, then step, then the order given.
+``by="layer"``: the runs of one file's layers side by side (the progressive-collapse view),
+one group per file, groups ordered as runs are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable
+
+from ncli.compare import SCHEMA
+from ncli.errors import InputError, UsageError
+from ncli.features.schema import HDF5_SIGNATURE
+from ncli.measure.record import validate_record
+
+STDIN = "-"
+
+
+@dataclass
+class Run:
+    """One column of the comparison: a measure record and where it came from."""
+
+    record: dict
+    source: str  # the input as given ("-" for stdin)
+    position: int  # order given, over all inputs
+
+
+@dataclass
+class LoadOptions:
+    split: str | None = None  # None: "train" for HDF5 inputs, anything for records
+    global_mean: str | None = None  # None: "class" for HDF5 inputs, anything for records
+    by: str = "run"  # "run" | "layer"
+    chunk_rows: int | None = None
+
+
+def parse_records(text: str, source: str) -> list[dict]:
+    """Measure records from JSON lines (blank lines skipped). A line holding an
+    ``ncli compare --json`` object contributes its runs, so compare output can be fed back."""
+    name = "stdin" if source == STDIN else source
+    out: list[dict] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        where = f"{name} line {lineno}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            snippet = line if len(line) <= 40 else line[:37] + "..."
+            raise InputError(f"{where}: not JSON ({exc.__class__.__name__}: {exc}) in {snippet!r}") from None
+        except RecursionError:
+            raise InputError(f"{where}: not an ncli measure record (JSON nested too deeply to read)") from None
+        if isinstance(obj, dict) and obj.get("schema") == SCHEMA and isinstance(obj.get("runs"), list):
+            for i, rec in enumerate(obj["runs"]):
+                out.append(validate_record(rec, f"{where}, runs[{i}]"))
+            continue
+        out.append(validate_record(obj, where))
+    if not out:
+        raise InputError(f"{name}: no ncli measure records (expected the lines of `ncli measure --json`)")
+    return out
+
+
+def _looks_hdf5(head: bytes) -> bool:
+    return head.startswith(HDF5_SIGNATURE)
+
+
+def _measure(path: str, opts: LoadOptions) -> list[dict]:
+    from ncli.measure import record
+
+    split = opts.split or "train"
+    global_mean = opts.global_mean or "class"
+    layers: list[str | None] = [None]
+    if opts.by == "layer":
+        # the stored layers in file order, then the penultimate features (the deepest)
+        layers = [*record.list_layers(path, split), None]
+    return [
+        record.measure_file(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows)
+        for layer in layers
+    ]
+
+
+def read_input(source: str, opts: LoadOptions, stdin: IO | None = None) -> list[dict]:
+    """The records of one input (a feature file, a JSON-lines file, or ``-``)."""
+    if source == STDIN:
+        if stdin is None:
+            import sys
+
+            stdin = sys.stdin
+        if hasattr(stdin, "isatty") and stdin.isatty():
+            raise UsageError("'-' reads `ncli measure --json` lines from stdin, but stdin is a terminal; pipe them in")
+        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+        if isinstance(raw, bytes):
+            if _looks_hdf5(raw[:8]):
+                raise InputError("stdin: holds an HDF5 file; give feature files by path, not on stdin")
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"stdin: not UTF-8 text ({exc}); expected `ncli measure --json` lines") from None
+        return parse_records(raw, STDIN)
+
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{source}: no such file")
+    if path.is_dir():
+        raise InputError(f"{source}: is a directory (give feature files or a file of `ncli measure --json` lines)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    if _looks_hdf5(head):
+        return _measure(source, opts)
+    try:
+        import h5py  # HDF5 files may start with a user block; the signature is then further in
+
+        if h5py.is_hdf5(source):
+            return _measure(source, opts)
+    except OSError:
+        pass
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{source}: neither an HDF5 feature file nor `ncli measure --json` lines (binary, not UTF-8)"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    records = parse_records(text, source)
+    _check_options(records, source, opts)
+    return records
+
+
+def _check_options(records: list[dict], source: str, opts: LoadOptions) -> None:
+    """--split / --global-mean asked explicitly must match how given records were measured."""
+    for rec in records:
+        if opts.split is not None and rec.get("train_split", "train") != opts.split:
+            raise UsageError(
+                f"{source}: record of {rec['file']} was measured with --split {rec.get('train_split', 'train')}, "
+                f"not {opts.split}; measure again or drop --split"
+            )
+        if opts.global_mean is not None and rec.get("global_mean") != opts.global_mean:
+            raise UsageError(
+                f"{source}: record of {rec['file']} was measured with --global-mean {rec.get('global_mean')}, "
+                f"not {opts.global_mean}; measure again or drop --global-mean"
+            )
+
+
+def load_runs(inputs: Iterable[str], opts: LoadOptions | None = None, stdin: IO | None = None) -> list[Run]:
+    """All runs of all inputs, in the order given."""
+    opts = opts or LoadOptions()
+    inputs = list(inputs)
+    if not inputs:
+        raise UsageError("compare needs at least one INPUT (feature files, `ncli measure --json` lines, or - for stdin)")
+    if inputs.count(STDIN) > 1:
+        raise UsageError("'-' (stdin) may be given only once")
+    runs: list[Run] = []
+    for source in inputs:
+        records = read_input(source, opts, stdin=stdin)
+        if source == STDIN:
+            _check_options(records, source, opts)
+        for rec in records:
+            runs.append(Run(rec, source, len(runs)))
+    return runs
+
+
+def _position_key(rec: dict) -> tuple:
+    epoch, step = rec.get("epoch"), rec.get("step")
+    return (epoch is None, epoch if epoch is not None else 0, step is None, step if step is not None else 0)
+
+
+def order_runs(runs: list[Run], order: str = "epoch") -> list[Run]:
+    """``epoch``: by stored epoch, then step, then the order given (runs without an epoch
+    last). ``given``: as given."""
+    if order == "given":
+        return list(runs)
+    if order != "epoch":
+        raise ValueError(f"order must be 'epoch' or 'given', not {order!r}")
+    return sorted(runs, key=lambda run: (*_position_key(run.record), run.position))
+
+
+@dataclass
+class Group:
+    """The runs of one file, side by side (``--by layer``)."""
+
+    file: str
+    runs: list[Run] = field(default_factory=list)
+
+
+def group_by_file(runs: list[Run], order: str = "epoch") -> list[Group]:
+    """Groups of one file's runs (layers in the order given), groups ordered like runs."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        groups.setdefault(run.record["file"], Group(run.record["file"])).runs.append(run)
+    out = list(groups.values())
+    if order == "epoch":
+        out.sort(key=lambda group: (*_position_key(group.runs[0].record), group.runs[0].position))
+    return out

@@ -1,0 +1,13 @@
+"""``ncli measure``: feature file -> Neural Collapse metrics (``docs/metrics.md``).
+
+  registry    every metric and per-split number, declared once (keys, captions, figure panels)
+  metrics     pure math on sufficient statistics (numpy only): one function per metric
+  statistics  the streamed statistics as accumulators (ClassStatistics, SplitStatistics, merge)
+              and the Model built between the two passes (means, μ_G, basis, W, b)
+  blocks      fixed, aligned blocks from a file or arrays; the ordered multi-threaded map
+  engine      the numpy backend (per-block passes on CPU threads); engine_torch the torch one
+  kernels     the per-block kernels: compiled (_kernels.c, built by setup.py) or numpy
+  decisions   the tie rule: fast scores, exact re-decision in float64
+  record      measure_file (the file driver), the measure record and its validator
+  render      JSON lines and rich tables of records
+"""

@@ -1,0 +1,226 @@
+"""The numpy backend: the two passes' per-block arithmetic on the CPU, on worker threads.
+
+Pass 1 (the split that defines the metrics): per-class counts and float64 sums → class means.
+Pass 2 (every split): d = h − μ_y formed in float64 for every row, and
+  - the defining split only: Σ‖d‖² per class (σ_c², Tr Σ_W) and Σ_W projected on span(M)
+    (U: orthonormal basis of the span of the centred means, k = min(p, C) columns), either as
+    Σ (dᵀU)² from one float64 GEMM Z = D·U per block, or, where cheaper (k near p), from the
+    p × p scatter Σ DᵀD projected once at the end (:func:`cheaper_nc1_method`);
+  - all splits: the NCC decision argmin ‖h − μ_c‖ and the network decision argmax(hWᵀ + b),
+    both scored in float32 (NCC from Z on the defining split when Z is computed, else from d:
+    no N × C × p work either way). Decisions that float32 rounding could change are recomputed
+    directly in float64 (:mod:`ncli.measure.decisions`), so every decision equals the spec's.
+Each block is processed whole by one worker thread with single-threaded BLAS, by the fused
+per-block kernels of :mod:`ncli.measure.kernels` (compiled C, or numpy); block results are
+added to the accumulators (:mod:`ncli.measure.statistics`) in block order, so results are
+bit-identical whatever the thread count (:mod:`ncli.measure.blocks`). Memory is
+O(block · p + C · p + C²), plus p² for the scatter, independent of N.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ncli.features.reader import Chunk
+from ncli.measure import decisions
+from ncli.measure.blocks import NonFiniteFeatures, ordered_map
+from ncli.measure.kernels import default_kernels
+from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
+
+NC1_METHODS = ("auto", "project", "scatter")
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def resolve_threads(threads: int | None) -> int:
+    """Threads to compute with: as given, else OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
+    MKL_NUM_THREADS when set, else the number of CPUs."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        return int(threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+def cheaper_nc1_method(p: int, k: int, num_classes: int) -> str:
+    """How pass 2 gets Σ_W projected on span(M), per the cost per row in float64 multiply-adds
+    (a float32 one counts half):
+      "project": Z = D·U (p·k) and NCC scores from Z (k·C/2);
+      "scatter": Σ_W = Σ DᵀD by a symmetric rank-k update (p²/2), projected once at the end,
+                 and NCC scores straight from D (p·C/2).
+    The scatter wins when k approaches p (C ≳ p, e.g. ImageNet with p = 512)."""
+    return "scatter" if p * p / 2 + p * num_classes / 2 < p * k + k * num_classes / 2 else "project"
+
+
+class _Segments:
+    """A stable sort of a block's labels into contiguous runs, one per class present:
+    ``order`` sorts the rows, run q starts at ``starts[q]`` and holds class ``classes[q]``."""
+
+    def __init__(self, labels: np.ndarray):
+        self.order = np.argsort(labels, kind="stable")
+        ys = labels[self.order]
+        self.starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]]) if ys.size else np.zeros(0, np.int64)
+        self.classes = ys[self.starts]
+
+
+class _Buffers(threading.local):
+    """Reusable work arrays, one set per thread (avoids page-faulting fresh memory per block)."""
+
+    def __init__(self):
+        self._bufs: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        buf = self._bufs.get(key)
+        need = int(np.prod(shape))
+        if buf is None or buf.size < need:
+            buf = np.empty(need, dtype=dtype)
+            self._bufs[key] = buf
+        return buf[:need].reshape(shape)
+
+
+class NumpyBackend:
+    """The passes with numpy and the per-block kernels, blocks on ``threads`` worker threads
+    (default :func:`resolve_threads`), each with single-threaded BLAS (concurrent
+    multi-threaded BLAS calls thrash). ``kernels``: the compiled kernels or their numpy
+    implementation (default :data:`ncli.measure.kernels.default_kernels`); ``nc1_method``: "auto"
+    (:func:`cheaper_nc1_method`), "project" or "scatter"."""
+
+    def __init__(self, *, threads: int | None = None, kernels=None, nc1_method: str = "auto"):
+        if nc1_method not in NC1_METHODS:
+            raise ValueError(f"nc1_method must be one of {NC1_METHODS}, not {nc1_method!r}")
+        self.threads = resolve_threads(threads)
+        self.kernels = kernels if kernels is not None else default_kernels
+        self.nc1_method = nc1_method
+
+    def class_sums(self, blocks: Iterable[Chunk], stats: ClassStatistics) -> None:
+        """Pass 1: add every block's per-class counts and float64 sums to ``stats``."""
+        num_classes = stats.counts.shape[0]
+        segment_sums = self.kernels.segment_sums
+
+        def block_sums(block: Chunk):
+            segments = _Segments(block.labels)
+            part = segment_sums(block.features, segments.order, segments.starts)  # one row per class present
+            if not np.isfinite(part).all():
+                raise NonFiniteFeatures(block.start, block.features)
+            return segments.classes, part, np.bincount(block.labels, minlength=num_classes)
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            for classes, part, counts in ordered_map(block_sums, blocks, self.threads):
+                stats.add(classes, part, counts)
+
+    def evaluate(self, blocks: Iterable[Chunk], model: Model, stats: SplitStatistics) -> None:
+        """Pass 2: add every block's decisions (and, with ``stats.within``, its within-class
+        sums) to ``stats``."""
+        p, k = model.basis.U.shape
+        if not stats.within:
+            method = "direct"
+        elif self.nc1_method == "auto":
+            method = cheaper_nc1_method(p, k, model.num_classes)
+        else:
+            method = self.nc1_method
+        block_stats = _BlockEvaluator(model, method, self.kernels)
+        with threadpool_limits(limits=1, user_api="blas"):
+            for y, y_ncc, y_net, ss, part in ordered_map(block_stats, blocks, self.threads):
+                if stats.within:
+                    if method == "scatter":
+                        stats.add_within(ss, scatter=part)
+                    else:
+                        stats.add_within(ss, proj_ss=part)
+                stats.count(y, y_ncc, y_net)
+
+
+class _BlockEvaluator:
+    """Pass 2 of one block (called on worker threads), with ``method``:
+      "project": NC1's Σ (dᵀU)² from Z = D·U, NCC scored from Z;
+      "scatter": NC1's Σ DᵀD, NCC scored from the centred rows;
+      "direct":  no within-class sums (an evaluated split), NCC scored from the centred rows.
+    Returns (labels, NCC decisions, network decisions or None, Σ‖d‖² per class or None,
+    Σ Z² (k,) / Σ DᵀD (p, p) / None)."""
+
+    def __init__(self, model: Model, method: str, kernels):
+        self.model, self.method, self.kernels = model, method, kernels
+        p, k = model.basis.U.shape
+        max_sq = float(model.sq_norm_centred.max())
+        if method == "project":
+            # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G in U coordinates) in float32: error
+            # ≤ (2k + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² (rounding of e, m, the GEMM and the
+            # subtraction); ×4 margin (a difference of two scores, and 2× to spare).
+            self.ncc_rtol = 4.0 * (2 * k + 8) * U32
+            self.ncc_atol = 4.0 * 3 * U32 * max_sq
+        else:
+            # NCC scores from d = h − μ_y: 2⟨e, m_c⟩ − ‖m_c‖² = 2⟨d, m_c⟩ + t[y, c] with
+            # t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖² (float64, then rounded once). In float32 the error
+            # per score is ≤ (2p + 8) u ‖d‖ ‖m_c‖ (rounding of d, m and the p-term GEMM, doubled)
+            # + 9 u max‖m‖² (rounding of t, |t| ≤ 3 max‖m‖², and of the addition, with slack);
+            # ×4 margin as above.
+            self.ncc_rtol = 4.0 * (2 * p + 8) * U32
+            self.ncc_atol = 4.0 * 3 * U32 * 3.0 * max_sq
+        if model.has_classifier:
+            # Logits are formed in float32 (the network's own precision, twice the speed), then
+            # every decision that float32 rounding could have changed is recomputed in float64:
+            # |fl32(h·w) − h·w| ≤ (p + 2) u ‖h‖ ‖w‖ (u = 2⁻²⁴, incl. rounding W to float32),
+            # + rounding of b and of the addition: ≤ u (|b| + |logit|); ×4 margin.
+            self.logit_rtol = 4.0 * (p + 2) * U32
+            self.logit_atol = 4.0 * U32 * (2.0 * model.max_abs_b)
+        # the model's derived arrays, built here once (not on first use in the worker threads)
+        self.max_norm_centred = model.max_norm_centred
+        self.norm_means = model.norm_means
+        if method == "project":
+            self.tables = (model.coords32, model.ncc_offsets32)
+        else:
+            self.tables = (model.centred32, model.ncc_pair_offsets32)
+        self.classifier = (model.W32, model.b32, model.max_norm_w) if model.has_classifier else None
+        self.buffers = _Buffers()
+
+    def __call__(self, block: Chunk):
+        model, method, kernels = self.model, self.method, self.kernels
+        H, y = block.features, block.labels
+        n = y.shape[0]
+        p, k = model.basis.U.shape
+        # D = h − μ_y (float32 where only the NCC product uses it), rn = ‖h − μ_y‖² per row
+        D = self.buffers.get("D", (n, p), np.float32 if method == "direct" else np.float64)
+        rn = kernels.center_rows(H, y, model.means, D)
+        if not np.isfinite(rn).all():
+            raise NonFiniteFeatures(block.start, H)
+        y_net = None
+        if self.classifier is not None:
+            W32, b32, max_norm_w = self.classifier
+            logits = H.astype(np.float32, copy=False) @ W32  # float32 (n, C), scratch
+            tol = 2.0 * self.logit_rtol * (np.sqrt(rn) + self.norm_means[y]) * max_norm_w + self.logit_atol
+            y_net, near = kernels.decide(logits, 1.0, b32, tol)  # argmax(logits + b), rivals within tol
+            decisions.settle(y_net, near, lambda rows: decisions.logits(H[rows], model.W, model.b))
+        ss = np.bincount(y, weights=rn, minlength=model.num_classes) if method != "direct" else None
+        part = None
+        # NCC: argmin_c ‖h − μ_c‖² = argmax_c 2 ⟨h − μ_G, m_c⟩ − ‖m_c‖², in float32, rivals
+        # within the rounding bound re-decided exactly
+        table, offsets = self.tables
+        if method == "project":
+            Z = self.buffers.get("Z", (n, k))
+            np.matmul(D, model.basis.U, out=Z)  # float64 coordinates of h − μ_y in span(M)
+            part = np.zeros(k)
+            # E = Z + coords[y]: h − μ_G in U coordinates (float32 copy, ‖E‖²); part = Σ Z²
+            E32, en = kernels.ncc_coords(Z, model.basis.coords, y, part)
+            score = E32 @ table
+            tol = self.ncc_rtol * np.sqrt(en) * self.max_norm_centred + self.ncc_atol
+            y_ncc, near = kernels.decide(score, 2.0, offsets, tol)
+        else:
+            if method == "scatter":
+                part = D.T @ D  # float64 (p, p), a symmetric rank-n update (syrk)
+                D32 = self.buffers.get("D32", (n, p), np.float32)
+                np.copyto(D32, D)
+            else:
+                D32 = D
+            score = D32 @ table
+            tol = self.ncc_rtol * np.sqrt(rn) * self.max_norm_centred + self.ncc_atol
+            y_ncc, near = kernels.decide(score, 2.0, offsets, tol, y)
+        decisions.settle(y_ncc, near, lambda rows: decisions.ncc_scores(H[rows], model.means))
+        return y, y_ncc, y_net, ss, part

@@ -1,0 +1,201 @@
+"""Measure one feature file: the file driver of the engine, and the measure record.
+
+:func:`measure_file` feeds a file's blocks to a backend's two passes, which fill the
+accumulators of :mod:`ncli.measure.statistics`; :func:`build_record` turns those into the JSON
+object of ``docs/metrics.md`` (schema ``ncli.measure/1``), with the metrics the registry
+declares. :func:`validate_record` checks such an object read back (``ncli compare``).
+No torch (unless a TorchBackend is given), no CLI here.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from ncli.errors import InputError
+from ncli.features.reader import FeatureFile
+from ncli.measure import metrics, registry
+from ncli.measure.blocks import NonFiniteFeatures, file_blocks
+from ncli.measure.engine import NumpyBackend
+from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
+
+SCHEMA = "ncli.measure/1"
+
+
+def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
+    """Names of the intermediate layers stored for ``split`` (for ``--layer all``)."""
+    with FeatureFile(path) as ff:
+        layers = list(ff.split(split).layers)
+    if not layers:
+        raise InputError(f"{path}: split {split!r} stores no layers (/{split}/layers/...)")
+    return layers
+
+
+@contextmanager
+def _in_split(path, split: str):
+    """Errors of a backend's pass name the file and the split."""
+    try:
+        yield
+    except NonFiniteFeatures as exc:
+        raise InputError(f"{path}: split {split!r}, {exc}") from None
+
+
+def measure_file(
+    path: str | os.PathLike,
+    *,
+    split: str = "train",
+    global_mean: str = "class",
+    per_class: bool = False,
+    layer: str | None = None,
+    chunk_rows: int | None = None,
+    backend=None,
+) -> dict:
+    """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
+
+    ``split`` names the split whose class statistics define the metrics; every split in the
+    file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
+    of the penultimate features (classifier metrics are then not available).
+
+    ``backend`` does the per-block arithmetic: a :class:`ncli.measure.engine.NumpyBackend`
+    (the default, on all CPUs; bit-reproducible) or a
+    :class:`ncli.measure.engine_torch.TorchBackend` (a torch device).
+    """
+    if global_mean not in ("class", "sample"):
+        raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
+    backend = backend if backend is not None else NumpyBackend()
+    with FeatureFile(path) as ff:
+        info = ff.split(split)
+        num_classes = ff.num_classes
+        if num_classes < 2:
+            raise InputError(f"{path}: num_classes is {num_classes}; Neural Collapse metrics need at least 2 classes")
+        if layer is not None:
+            dim = ff.layer_info(split, layer)[1]
+            classifier = None
+            for other in ff.splits:
+                if layer not in ff.splits[other].layers:
+                    raise InputError(f"{path}: split {other!r} has no layer {layer!r}")
+        else:
+            dim = info.feature_dim
+            classifier = ff.classifier()
+        W, b = classifier if classifier is not None else (None, None)
+        names = ff.class_names()
+
+        class_stats = ClassStatistics(num_classes, dim)
+        with _in_split(path, split):
+            backend.class_sums(file_blocks(ff, split, chunk_rows, layer), class_stats)
+        try:
+            model = Model.fit(class_stats, global_mean=global_mean, W=W, b=b, class_names=names)
+        except InputError as exc:
+            raise InputError(f"{path}: split {split!r}: {exc}") from None
+
+        results = {}
+        for name in [split] + [s for s in ff.splits if s != split]:
+            results[name] = SplitStatistics.for_model(model, within=(name == split))
+            with _in_split(path, name):
+                backend.evaluate(file_blocks(ff, name, chunk_rows, layer), model, results[name])
+        source = {
+            "file": str(path),
+            "epoch": ff.epoch,
+            "step": ff.step,
+            "layer": layer if layer is not None else ff.feature_layer,
+        }
+    return build_record(
+        source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names
+    )
+
+
+def build_record(
+    source: dict,
+    model: Model,
+    class_stats: ClassStatistics,
+    results: dict[str, SplitStatistics],
+    *,
+    train_split: str,
+    per_class: bool = False,
+    class_names: list[str] | None = None,
+) -> dict:
+    """The ``ncli.measure/1`` record: ``source`` (file, epoch, step, layer: where the features
+    came from), then the metrics of the model and the statistics of every evaluated split
+    (``results[train_split]`` holds the within-class sums)."""
+    train = results[train_split]
+    statistics = metrics.Statistics(
+        counts=np.asarray(class_stats.counts, dtype=np.float64),
+        means=model.means,
+        mu_g=model.mu_g,
+        basis=model.basis,
+        ss_within=train.ss_within,
+        proj_ss=train.projected_within(model.basis),
+        W=model.W,
+        b=model.b,
+    )
+    splits = {name: registry.split_numbers(stats) for name, stats in results.items()}
+    headline = "test" if "test" in splits else train_split
+    record = {
+        "schema": SCHEMA,
+        **source,
+        "num_classes": model.num_classes,
+        "feature_dim": model.means.shape[1],
+        "splits": splits,
+        "metrics": registry.metric_values(statistics, splits[headline]),
+        "global_mean": model.global_mean,
+        "train_split": train_split,
+        "has_classifier": model.has_classifier,
+    }
+    if per_class:
+        rows = metrics.per_class_table(
+            counts=class_stats.counts, means=model.means, mu_g=model.mu_g, ss_within=train.ss_within, W=model.W
+        )
+        for c, row in enumerate(rows):
+            row["name"] = class_names[c] if class_names else None
+            for number in registry.SPLIT_NUMBERS:
+                if number.per_class is not None:
+                    row[number.key] = {
+                        name: number.per_class(stats, c) if stats.has_classifier or not number.needs_classifier else None
+                        for name, stats in results.items()
+                    }
+        record["per_class"] = rows
+    return record
+
+
+def _is_int_or_none(v) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _is_number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def validate_record(obj, where: str) -> dict:
+    """Check that ``obj`` is a measure record (schema ncli.measure/1); ``where`` names it."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: not an ncli measure record (a JSON {type(obj).__name__}, expected an object)")
+    schema = obj.get("schema")
+    if schema != SCHEMA:
+        got = "no 'schema' key" if schema is None else f"schema {schema!r}"
+        raise InputError(f"{where}: not an ncli measure record ({got}; expected {SCHEMA!r})")
+    if not isinstance(obj.get("file"), str):
+        raise InputError(f"{where}: measure record without a 'file' string")
+    for key in ("epoch", "step"):
+        if not _is_int_or_none(obj.get(key)):
+            raise InputError(f"{where}: measure record: {key!r} must be an integer or null, not {obj.get(key)!r}")
+    for key in ("layer", "train_split", "global_mean"):
+        if not (obj.get(key) is None or isinstance(obj.get(key), str)):
+            raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")
+    values = obj.get("metrics")
+    if not isinstance(values, dict) or not values:
+        raise InputError(f"{where}: measure record without a 'metrics' object")
+    for k, v in values.items():
+        if not _is_number_or_none(v):
+            raise InputError(f"{where}: measure record: metric {k!r} is {v!r}, not a number or null")
+    splits = obj.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise InputError(f"{where}: measure record without a 'splits' object")
+    for s, d in splits.items():
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: measure record: split {s!r} is not an object")
+        for k in registry.SPLIT_KEYS:
+            if not _is_number_or_none(d.get(k)):
+                raise InputError(f"{where}: measure record: split {s!r} {k!r} is {d.get(k)!r}, not a number or null")
+    return obj
