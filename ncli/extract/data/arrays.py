@@ -75,7 +75,7 @@ def _npz_memmap(path: Path, name: str):
 
 
 class ArraySource:
-    kind = "array"
+    """Inputs and labels from an HDF5 or .npz file; batches are read as they are needed."""
 
     def __init__(self, split: str, path: str, x_key: str | None = None, y_key: str | None = None):
         self.split = split
@@ -126,8 +126,6 @@ class ArraySource:
         if x.dtype.kind not in "fiub":
             raise InputError(f"--data {split}={path}: inputs {xk!r} have dtype {x.dtype}; expected numbers")
         self.num_samples = int(y.shape[0])
-        self.x_shape = tuple(x.shape[1:])
-        self.x_dtype = x.dtype
         self.description = f"{path} [{xk}, {yk}]"
 
     def arrays(self):

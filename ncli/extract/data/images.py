@@ -60,8 +60,6 @@ def _image_transform(image_size: int | None, normalize):
 class TorchDatasetSource:
     """An image folder or a torchvision dataset (needs the [vision] extra)."""
 
-    kind = "dataset"
-
     def __init__(self, split: str, text: str, image_size: int | None = None, normalize=None):
         self.split = split
         self.text = text

@@ -91,7 +91,6 @@ class ExportExtractor(Extractor):
         self.pool = pool
         with torch.no_grad():
             gm = ep.module()
-        self.gm = gm
         graph = gm.graph
         nodes = list(graph.nodes)
         placeholders = [n for n in nodes if n.op == "placeholder"]

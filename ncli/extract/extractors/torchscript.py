@@ -75,7 +75,6 @@ class ScriptExtractor(Extractor):
         if node.kind() in ("prim::TupleConstruct", "prim::ListConstruct"):
             node = node.inputsAt(0).node()
             how = "the first element of the tuple the model returns"
-        self.out_node = node
         self.rows: list[LinearRow] = []
         for name, m in sm.named_modules():
             if getattr(m, "original_name", "") == "Linear" or (name and hasattr(m, "weight") and any(n == name for n, _ in self.linear_nodes)):
