@@ -84,7 +84,7 @@ def bare_loop(model, data: Path, batch_size: int) -> float:
 
 
 def ncli_extract(ckpt: Path, data: Path, out: Path, workload: str, batch_size: int) -> float:
-    from ncli.extract.run import extract
+    from ncli.extract.api import extract
 
     arch = f"{Path(__file__).resolve()}:{WORKLOADS[workload][0].__name__}"
     t = time.perf_counter()

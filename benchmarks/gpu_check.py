@@ -86,7 +86,7 @@ def compare(a_path: Path, b_path: Path) -> tuple[bool, float, bool]:
 
 
 def run_extract(ckpt, out: Path, data, device: str, **kw) -> float:
-    from ncli.extract.run import extract
+    from ncli.extract.api import extract
 
     t = time.perf_counter()
     extract(ckpt, out, data, device=device, force=True, progress=False, **kw)

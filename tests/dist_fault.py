@@ -29,16 +29,16 @@ def main() -> None:
 
             data.ArraySource.batches = broken
         elif what == "drop":
-            from ncli.extract import run
+            from ncli.extract import loop
 
-            write_rows = run.write_rows
+            write_rows = loop.write_rows
 
             def dropping(job, path, *a, **kw):
                 res = write_rows(job, path, *a, **kw)
                 Path(path).unlink()
                 return res
 
-            run.write_rows = dropping
+            loop.write_rows = dropping
         else:
             raise SystemExit(f"dist_fault.py: unknown fault {spec!r}")
     from ncli.cli import app

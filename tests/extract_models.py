@@ -170,3 +170,22 @@ class InplaceAfter(nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x))
+
+
+VOCAB, SEQ = 20, 6
+
+
+class MaskedTokens(nn.Module):
+    """Named inputs, as language models take them: token ids and an attention mask (the mean
+    of the unmasked token embeddings, a projection, the classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, HID)
+        self.proj = nn.Sequential(nn.Linear(HID, P), nn.ReLU())
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
+        pooled = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.fc(self.proj(pooled))

@@ -133,7 +133,7 @@ def test_sigkill_keeps_the_old_output_and_the_leftover_is_cleaned(job, tmp_path)
 LAUNCHER = r"""
 import json, os, sys
 import h5py, numpy, torch  # noqa: F401  (imported once, before the forks)
-import ncli.cli, ncli.extract.arch, ncli.extract.checkpoint, ncli.extract.data, ncli.extract.discover, ncli.extract.run  # noqa
+import ncli.cli, ncli.extract.api, ncli.extract.arch, ncli.extract.data, ncli.extract.forms, ncli.extract.loop, ncli.extract.model  # noqa
 
 for line in sys.stdin:
     argv, err = json.loads(line)
@@ -293,7 +293,7 @@ def test_interrupt_at_any_point_of_a_put_never_hangs_the_writer_thread():
     150 in the kill loop above). Here: many interrupts at random points of a stream of puts."""
     import threading
 
-    from ncli.extract.run import _Sink
+    from ncli.extract.sink import Sink
 
     class SlowWriter:
         def append(self, *args, **kwargs):
@@ -307,7 +307,7 @@ def test_interrupt_at_any_point_of_a_put_never_hangs_the_writer_thread():
     H, y = np.ones((2, 3)), np.zeros(2, np.int64)
     try:
         for trial in range(300):
-            sink = _Sink(SlowWriter(), np.eye(3), None, flush_rows=1, maxsize=2)
+            sink = Sink(SlowWriter(), np.eye(3), None, flush_rows=1, maxsize=2)
             sink.start()
             # the timer is armed inside the block: the interrupt can only strike in there (armed
             # just before it, a thread switch could delay the main thread past the alarm and the
@@ -349,7 +349,7 @@ def test_a_swallowed_interrupt_is_raised_again():
     """A KeyboardInterrupt lost where Python only prints "Exception ignored" (a __del__ run by
     the garbage collector) is raised again at the next check: the run stops, no file is
     committed."""
-    from ncli.extract.run import _InterruptGuard
+    from ncli.extract.interrupt import InterruptGuard
 
     class Finalised:
         def __del__(self):
@@ -366,12 +366,12 @@ def test_a_swallowed_interrupt_is_raised_again():
     seen = []
     sys.unraisablehook = seen.append
     try:
-        with _InterruptGuard() as guard:
+        with InterruptGuard() as guard:
             guard.check()  # nothing yet
             Finalised()  # collected at once
             with pytest.raises(KeyboardInterrupt):
                 guard.check()
-        with _InterruptGuard() as guard:
+        with InterruptGuard() as guard:
             Swallowed()
             with pytest.raises(KeyboardInterrupt):
                 guard.check()
@@ -382,11 +382,11 @@ def test_a_swallowed_interrupt_is_raised_again():
 
 
 def test_the_interrupt_guard_leaves_an_ignored_sigint_ignored():
-    from ncli.extract.run import _InterruptGuard
+    from ncli.extract.interrupt import InterruptGuard
 
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with _InterruptGuard() as guard:
+        with InterruptGuard() as guard:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             signal.raise_signal(signal.SIGINT)
             guard.check()

@@ -10,7 +10,7 @@ import torch
 
 import extract_models as em
 from extract_util import arch, check_against, invoke, make_data, model, ok, read
-from ncli.extract.checkpoint import align_state_dict
+from ncli.extract.forms.align import align_state_dict
 
 
 @pytest.fixture

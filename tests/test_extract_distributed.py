@@ -20,7 +20,8 @@ import torch
 
 from extract_util import arch, invoke, make_data, model, ok
 from ncli.errors import EnvironmentProblem
-from ncli.extract.distributed import share, world_from_env
+from ncli.extract.distributed import world_from_env
+from ncli.extract.shards import share
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPT = ROOT / "fixtures" / "checkpoints" / "mlp_epoch0300.pt"
@@ -115,7 +116,7 @@ def test_device_auto_says_which(tmp_path):
 def test_writer_thread_waits_for_pending_device_to_host_copies(tmp_path):
     """The CUDA path hands the writer thread a pending copy (an event and pinned buffers);
     the thread waits for it before checking and writing. Plumbing only: no GPU here."""
-    from ncli.extract.run import _Sink
+    from ncli.extract.sink import Sink
     from ncli.features.writer import FeatureWriter
 
     rng = np.random.default_rng(0)
@@ -137,7 +138,7 @@ def test_writer_thread_waits_for_pending_device_to_host_copies(tmp_path):
 
     out = tmp_path / "o.h5"
     with FeatureWriter(out, num_classes=C) as w:
-        sink = _Sink(w, W, None, flush_rows=16)
+        sink = Sink(w, W, None, flush_rows=16)
         sink.start()
         for s in range(0, n, 8):
             sink.put("train", pending=Pending(H[s : s + 8], Z[s : s + 8]), labels=y[s : s + 8], index=np.arange(s, min(n, s + 8)))

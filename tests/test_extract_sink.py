@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ncli.extract.run import extract  # noqa: E402
+from ncli.extract.api import extract  # noqa: E402
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -160,7 +160,7 @@ def test_pt2_shape_formula_is_never_evaluated_as_python(tmp_path, data):
     ],
 )
 def test_plain_shape_formula(formula, plain):
-    from ncli.extract.checkpoint import _plain_shape_formula
+    from ncli.extract.forms.sandbox import _plain_shape_formula
 
     assert _plain_shape_formula(formula, {"FloorDiv"}) is plain
 

@@ -89,17 +89,19 @@ def extract(
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
 
+    from ncli.extract.api import extract as run_extract
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.distributed import PeerFailed
-    from ncli.extract.run import extract as run_extract
+    from ncli.extract.options import ExtractOptions
 
+    options = ExtractOptions(
+        arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
+        layers=tuple(layer), pool=pool.value, epoch=epoch, step=step, x_key=x_key, y_key=y_key, image_size=image_size,
+        normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
+        compression=compression.value, progress=not quiet,
+    )
     try:
-        run_extract(
-            checkpoint, output, data, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
-            epoch=epoch, step=step, classifier=classifier, layers=tuple(layer), pool=pool.value, x_key=x_key, y_key=y_key,
-            image_size=image_size, normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device,
-            amp=amp, force=force, compression=compression.value, progress=not quiet,
-        )
+        run_extract(checkpoint, output, data, options)
     except PeerFailed as exc:  # torchrun: another rank failed and has said why; exit without repeating it
         raise typer.Exit(exc.exit_code) from None
 
@@ -131,9 +133,10 @@ def inspect(
 
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.inspecting import inspect_checkpoint, print_inspect
+    from ncli.extract.options import ExtractOptions
 
-    rec = inspect_checkpoint(
-        checkpoint, arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint,
-        classifier=classifier, data=data, x_key=x_key, y_key=y_key, input_shape=input_shape,
+    options = ExtractOptions(
+        arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
+        x_key=x_key, y_key=y_key,
     )
-    print_inspect(rec, as_json=json_out)
+    print_inspect(inspect_checkpoint(checkpoint, options, data=data, input_shape=input_shape), as_json=json_out)

@@ -1,13 +1,22 @@
 """``ncli extract`` and ``ncli inspect``: checkpoint + data -> format-1 feature file.
 
 Nothing here imports torch at module level (``ncli measure`` must not import torch); the
-submodules below do, and are imported lazily by ``ncli.extract.commands``.
+submodules below do, and the command line imports them inside its command functions.
 
-  checkpoint  form detection by content and loading (state_dict / safetensors / TorchScript /
-              torch.export / pickled module behind --trust-checkpoint), nested dicts, prefixes
-  arch        --arch resolution (file.py:Name, pkg.module:Name, torchvision:NAME, timm:NAME)
-  discover    finding the classifier (hooks / TorchScript graph / export graph), inspect rows
-  data        data sources (array files, image folders, torchvision datasets)
-  run         the extraction loop and the writer
-  commands    the typer functions ``extract`` and ``inspect``
+  options       ExtractOptions: every extract option, in one object
+  api           extract(checkpoint, output, data, options): in this process, or one torchrun rank
+  forms/        checkpoint forms (detect from content, load, make the extractor); sandbox, key alignment
+  arch          --arch resolution (file.py:Name, pkg.module:Name, torchvision:NAME, timm:NAME)
+  model         prepare(): checkpoint + --arch model -> extractor (no forward pass)
+  extractors/   finding the classifier and capturing its input: eager, TorchScript, torch.export
+  inputs        model inputs, a tensor or named tensors: to_device, batch_len, call_model
+  data/         data sources (array files, image folders, torchvision datasets) -> batches
+  devices       --device resolution, autocast
+  job           setup(): everything before the first batch, and the file's provenance
+  loop          write_rows(): batches -> model -> FeatureWriter, progress bar
+  sink          checking and writing batches in a background thread; CUDA device-to-host copies
+  interrupt     InterruptGuard: a Ctrl-C is never lost while the output is open
+  distributed   torchrun: process group, the three phases, agreement between ranks
+  shards        torchrun: each rank's share of rows and shard file, rank 0's assembly
+  inspecting    ncli inspect
 """

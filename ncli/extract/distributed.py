@@ -38,14 +38,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
-
-from ncli.errors import EnvironmentProblem, InputError, NcliError, UsageError
-from ncli.features.schema import attr_int, attr_str
-from ncli.outputs import TEMP_PREFIX
+from ncli.errors import EnvironmentProblem, NcliError, UsageError
+from ncli.extract.options import ExtractOptions
+from ncli.extract.shards import assemble, remove_shards, shard_path, share
 
 DEFAULT_TIMEOUT_S = 4 * 3600  # how long a rank waits for the others at a sync point
-COPY_BYTES = 32 << 20  # rows copied per read during assembly
 
 
 @dataclass(frozen=True)
@@ -80,40 +77,6 @@ def world_from_env(environ=None) -> World | None:
     if not 0 <= rank < k:
         raise UsageError(f"RANK={rank} outside 0..{k - 1} (WORLD_SIZE={k})")
     return World(rank, k, local)
-
-
-def share(num_samples: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``start..stop-1`` of a split for ``rank``: a contiguous block of whole batches of
-    the single-process run (batch boundaries at multiples of ``batch_size``), sizes within one
-    batch of each other. A rank may get none when a split has fewer batches than ranks."""
-    nb = -(-num_samples // batch_size)
-    b0, b1 = nb * rank // world_size, nb * (rank + 1) // world_size
-    return min(num_samples, b0 * batch_size), min(num_samples, b1 * batch_size)
-
-
-def shard_dir(out: Path, run_id: str) -> Path:
-    """This run's shards: ``.ncli-tmp-shards-<run id>-<OUT name>/`` next to OUT."""
-    return out.with_name(f"{TEMP_PREFIX}shards-{run_id}-{out.name}")
-
-
-def shard_path(out: Path, run_id: str, rank: int, world_size: int) -> Path:
-    """Each rank writes in a folder of its own: a FeatureWriter removes the temporary files of
-    writers whose process is gone from its folder, and another node's pid is never alive here."""
-    return shard_dir(out, run_id) / f"rank{rank}-of-{world_size}" / f"{out.stem}.rank{rank}-of-{world_size}.h5"
-
-
-def _remove_shards(out: Path, run_id: str, rank: int, world_size: int, everything: bool) -> None:
-    """Remove this rank's shard (and, for rank 0 at the end, the run's whole shard folder)."""
-    import shutil
-
-    mine = shard_path(out, run_id, rank, world_size)
-    try:
-        mine.unlink(missing_ok=True)
-        mine.parent.rmdir()
-    except OSError:
-        pass
-    if everything:
-        shutil.rmtree(shard_dir(out, run_id), ignore_errors=True)
 
 
 class RankFailed(NcliError):
@@ -208,7 +171,7 @@ def _rank_device(spec: str | None, world: World) -> str:
     return s
 
 
-def extract_distributed(world: World, checkpoint, output, data, options: dict, *, compression, progress, flush_rows) -> Path:
+def extract_distributed(world: World, checkpoint, output, data, options: ExtractOptions) -> Path:
     """Join (or reuse, when the caller already initialised one) the process group and run the
     three phases; see the module docstring."""
     import threading
@@ -218,7 +181,7 @@ def extract_distributed(world: World, checkpoint, output, data, options: dict, *
 
     own_group = not dist.is_initialized()
     if own_group:
-        cuda = _wants_cuda(options.get("device"))
+        cuda = _wants_cuda(options.device)
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
         if cuda and world.local_rank < torch.cuda.device_count():
             torch.cuda.set_device(world.local_rank)
@@ -240,7 +203,7 @@ def extract_distributed(world: World, checkpoint, output, data, options: dict, *
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        return _run(world, backend, checkpoint, output, data, options, compression, progress, flush_rows)
+        return _run(world, backend, checkpoint, output, data, options)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
@@ -251,10 +214,14 @@ def extract_distributed(world: World, checkpoint, output, data, options: dict, *
                 pass
 
 
-def _run(world: World, backend: str, checkpoint, output, data, options, compression, progress, flush_rows) -> Path:
+def _run(world: World, backend: str, checkpoint, output, data, options: ExtractOptions) -> Path:
+    from dataclasses import replace
+
     import torch.distributed as dist
 
-    from ncli.extract import run as R
+    from ncli.extract import loop  # loop.write_rows looked up at the call (tests/dist_fault.py wraps it)
+    from ncli.extract.devices import device_note
+    from ncli.extract.job import setup
 
     group = _Group(world)
     lead = world.rank == 0
@@ -275,21 +242,20 @@ def _run(world: World, backend: str, checkpoint, output, data, options, compress
         # -- phase 1: setup (the OUT check first, on every rank) --------------------------
         err = None
         try:
-            opts = dict(options, device=_rank_device(options.get("device"), world))
-            job = R.setup(checkpoint, output, data, verbose=lead, **opts)
-            if lead and progress:
-                R.device_note(options.get("device"), job.dev)
+            rank_options = replace(options, device=_rank_device(options.device, world))
+            job = setup(checkpoint, output, data, rank_options, verbose=lead)
+            if lead and options.progress:
+                device_note(options.device, job.device)
         except BaseException as exc:
             err = exc
         group.agree("setup", err)
 
         # -- phase 2: each rank writes its shard -----------------------------------------
-        ranges = {s.split: share(s.num_samples, job.bs, world.rank, k) for s in job.sources}
+        ranges = {s.split: share(s.num_samples, job.batch_size, world.rank, k) for s in job.sources}
         try:
             mine.parent.mkdir(parents=True, exist_ok=True)
-            R.write_rows(
-                job, mine, ranges, force=True, compression=compression, progress=lead and progress,
-                flush_rows=flush_rows, num_workers=options.get("num_workers", 0),
+            loop.write_rows(
+                job, mine, ranges, force=True, progress=lead and options.progress,
                 extra_attrs={
                     "ncli_shard_run": run_id, "ncli_shard_rank": world.rank, "ncli_shard_world_size": k,
                     "ncli_shard_rows": json.dumps(ranges, sort_keys=True),
@@ -306,124 +272,15 @@ def _run(world: World, backend: str, checkpoint, output, data, options, compress
         total = 0
         if lead:
             try:
-                total = assemble(job, run_id, k, backend, force=options.get("force", False), compression=compression)
+                total = assemble(job, run_id, k, backend)
             except BaseException as exc:
                 err = exc
         group.agree("assemble", err)
-        if lead and progress:
+        if lead and options.progress:
             elapsed = time.perf_counter() - t0
-            R.summary(job, total, elapsed, extra=f" ({k} torchrun processes)")
+            loop.summary(job, total, elapsed, extra=f" ({k} torchrun processes)")
         return out
     finally:
-        _remove_shards(out, run_id, world.rank, k, everything=lead)
+        remove_shards(out, run_id, world.rank, k, everything=lead)
         if job is not None:
             job.close()
-
-
-def assemble(job, run_id: str, world_size: int, backend: str, *, force: bool, compression) -> int:
-    """Rank 0: check every shard and copy their rows, in index order, into OUT (atomic)."""
-    import h5py
-
-    from ncli.features.writer import FeatureWriter
-
-    out = job.out
-    k = world_size
-    files = []
-    try:
-        stats = []
-        for r in range(k):
-            p = shard_path(out, run_id, r, k)
-            if not p.exists():
-                raise InputError(
-                    f"{p}: the shard of rank {r} of {k} is missing although the rank reported success "
-                    f"(is {out.parent.resolve()} on a filesystem every node shares?); nothing written to {out}"
-                )
-            try:
-                f = h5py.File(p, "r")
-            except OSError as exc:
-                raise InputError(f"{p}: the shard of rank {r} cannot be read ({exc}); nothing written to {out}") from None
-            files.append(f)
-            a = f.attrs
-            got = (attr_str(a.get("ncli_shard_run")), attr_int(a.get("ncli_shard_rank")), attr_int(a.get("ncli_shard_world_size")))
-            if got != (run_id, r, k):
-                raise InputError(
-                    f"{p}: not the shard of rank {r} of this run (run {got[0]}, rank {got[1]} of {got[2]}); nothing written to {out}"
-                )
-            if attr_str(a.get("source_checkpoint_sha256")) != job.attrs.get("source_checkpoint_sha256"):
-                raise InputError(f"{p}: rank {r} read a different checkpoint (sha256 differs); nothing written to {out}")
-            stats.append(
-                (float(a.get("max_reconstruction_error", 0.0)), float(a.get("max_abs_logit", 0.0)), int(a.get("nonfinite_feature_rows", 0)))
-            )
-        attrs = dict(
-            job.attrs,
-            world_size=k,
-            distributed=f"torchrun: {k} processes ({backend}), each a contiguous block of batches, assembled by rank 0",
-        )
-        nonfinite = sum(s[2] for s in stats)
-        total = 0
-        with FeatureWriter(out, num_classes=job.num_classes, force=force, attrs=attrs, compression=compression) as w:
-            w.set_classifier(job.weight, job.bias)
-            if job.class_names is not None:
-                w.set_class_names(job.class_names)
-            for s in job.sources:
-                layers = None
-                for r, f in enumerate(files):
-                    lo, hi = share(s.num_samples, job.bs, r, k)
-                    total += _copy_split(w, f, files[r].filename, s.split, r, lo, hi, out)
-                    if hi > lo:
-                        names = sorted(f[s.split]["layers"]) if "layers" in f[s.split] else []
-                        if layers is None:
-                            layers = names
-                        elif names != layers:
-                            raise InputError(f"{f.filename}: split {s.split!r} stores layers {names}, rank 0 stored {layers}")
-            w.set_attrs(
-                max_reconstruction_error=max(s[0] for s in stats),
-                max_abs_logit=max(s[1] for s in stats),
-                nonfinite_feature_rows=int(nonfinite),
-            )
-        if nonfinite:
-            from ncli.console import note
-
-            note(f"{out}: {nonfinite} rows of features contain NaN or Inf (the model produced them)")
-        return total
-    finally:
-        for f in files:
-            try:
-                f.close()
-            except Exception:
-                pass
-
-
-def _copy_split(w, f, fname: str, split: str, rank: int, lo: int, hi: int, out: Path) -> int:
-    n = hi - lo
-    g = f.get(split)
-    have = 0 if g is None or "labels" not in g else int(g["labels"].shape[0])
-    if have != n:
-        raise InputError(
-            f"{fname}: the shard of rank {rank} holds {have} rows of split {split!r}, expected {n} "
-            f"(rows {lo}..{hi - 1}); nothing written to {out}"
-        )
-    if n == 0:
-        return 0
-    for key in ("features", "logits", "index"):
-        if key not in g or g[key].shape[0] != n:
-            raise InputError(f"{fname}: /{split}/{key} missing or of the wrong length; nothing written to {out}")
-    lnames = sorted(g["layers"]) if "layers" in g else []
-    row_bytes = g["features"].shape[1] * g["features"].dtype.itemsize + g["logits"].shape[1] * 4 + 16
-    row_bytes += sum(int(np.prod(g["layers"][x].shape[1:])) * g["layers"][x].dtype.itemsize for x in lnames)
-    step = max(1, COPY_BYTES // row_bytes)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        idx = g["index"][a:b]
-        if not np.array_equal(idx, np.arange(lo + a, lo + b)):
-            bad = int(np.argmax(idx != np.arange(lo + a, lo + b)))
-            raise InputError(
-                f"{fname}: split {split!r} row {a + bad} has index {int(idx[bad])}, expected {lo + a + bad}: "
-                f"the shards do not cover the rows exactly once; nothing written to {out}"
-            )
-        w.append(
-            split, features=g["features"][a:b], labels=g["labels"][a:b], logits=g["logits"][a:b], index=idx,
-            layers={x: g["layers"][x][a:b] for x in lnames} or None,
-        )
-    return n
-

@@ -4,118 +4,125 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 from ncli.errors import NcliError, UsageError
+from ncli.extract.options import ExtractOptions
 
 
-def _sample_input(prep, data, x_key, y_key, input_shape):
+def _static_linear_guess(state_dict) -> list[tuple[str, tuple, bool]]:
+    """(module, weight shape, has bias) for tensors that look like linear layers in a state_dict."""
     import torch
 
-    from ncli.extract.discover import guess_input
+    out = []
+    for key, value in state_dict.items():
+        if key.endswith(".weight") and isinstance(value, torch.Tensor) and value.ndim == 2:
+            module = key[: -len(".weight")]
+            bias = state_dict.get(module + ".bias")
+            out.append((module, tuple(value.shape), isinstance(bias, torch.Tensor) and bias.shape == (value.shape[0],)))
+    return out
+
+
+def _sample_input(extractor, data, options: ExtractOptions, input_shape):
+    """The batch the classifier is found with, and how it was made: rows of --data, a random
+    --input-shape batch, or what the extractor proposes (an exported program's example input,
+    or a guess from the model's first layer)."""
+    import torch
 
     if data:
         from ncli.extract.data import open_sources
 
-        src = open_sources([data], x_key=x_key, y_key=y_key)[0]
-        return src.head(8), f"8 samples of {src.description}"
+        source = open_sources([data], x_key=options.x_key, y_key=options.y_key)[0]
+        return source.head(8), f"8 samples of {source.description}"
     if input_shape:
         try:
             shape = tuple(int(v) for v in input_shape.replace("x", ",").split(",") if v.strip())
         except ValueError:
             raise UsageError(f"--input-shape {input_shape!r}: expected sizes like 3,32,32 (one sample, no batch)") from None
         return torch.randn(2, *shape), f"random input of shape (2, {', '.join(map(str, shape))})"
-    ex = prep.extractor
-    if ex.kind == "torch.export":
-        ep = prep.ckpt.module
-        ex_in = getattr(ep, "example_inputs", None)
-        if ex_in and ex_in[0] and isinstance(ex_in[0][0], torch.Tensor):
-            return ex_in[0][0], "the program's example input"
-    model = prep.model if prep.model is not None else getattr(prep.extractor, "model", None)
-    if model is None and ex.kind == "torchscript":
-        model = ex.sm
-    if model is not None:
-        x = guess_input(model)
-        if x is not None:
-            return x, f"random input of shape {tuple(x.shape)} guessed from the first layer"
-    return None, None
+    return extractor.sample_input()
 
 
-def inspect_checkpoint(checkpoint, *, arch=None, arch_args=None, ema=False, trust=False, classifier=None,
-                       data=None, x_key=None, y_key=None, input_shape=None) -> dict[str, Any]:
+def _weights_only(ckpt) -> dict[str, Any]:
+    """What inspect says of a file of weights without --arch: its 2-D '.weight' tensors."""
+    state_dict = ckpt.state_dict
+    return {
+        "form": ckpt.form.name, "sha256": ckpt.sha256, "key": ckpt.container_key, "epoch": ckpt.epoch, "step": ckpt.step,
+        "num_tensors": len(state_dict),
+        "num_values": int(sum(v.numel() for v in state_dict.values() if v.is_floating_point())),
+        "linear_layers": [
+            {"name": n, "in_features": s[1], "out_features": s[0], "bias": b} for n, s, b in _static_linear_guess(state_dict)
+        ],
+        "chosen": None,
+        "why": ("weights only: give --arch path/to/file.py:Name to build the model and find the classifier "
+                "by a forward pass (the list above is every 2-D '.weight' tensor)"),
+    }
+
+
+def inspect_checkpoint(checkpoint, options: ExtractOptions | None = None, *, data=None, input_shape=None) -> dict[str, Any]:
+    """What ``ncli inspect`` reports, as a JSON-able dict. ``options``: arch, arch_args, ema,
+    trust, classifier, x_key, y_key are read."""
     import torch
 
-    from ncli.extract.checkpoint import load_checkpoint
-    from ncli.extract.discover import ForwardFailed, static_linear_guess
-    from ncli.extract.run import prepare
+    from ncli.extract.extractors.base import ForwardFailed
+    from ncli.extract.forms import load_checkpoint
+    from ncli.extract.inputs import map_tensors
+    from ncli.extract.model import prepare
 
-    rec: dict[str, Any] = {"checkpoint": str(checkpoint)}
-    if not arch:
-        ckpt = load_checkpoint(checkpoint, trust=trust, ema=ema)
-        if ckpt.form in ("state_dict", "safetensors"):
-            rec.update(form=ckpt.form, sha256=ckpt.sha256, key=ckpt.container_key, epoch=ckpt.epoch, step=ckpt.step,
-                       num_tensors=len(ckpt.state_dict),
-                       num_values=int(sum(v.numel() for v in ckpt.state_dict.values() if v.is_floating_point())))
-            rec["linear_layers"] = [
-                {"name": n, "in_features": s[1], "out_features": s[0], "bias": b} for n, s, b in static_linear_guess(ckpt.state_dict)
-            ]
-            rec["chosen"] = None
-            rec["why"] = ("weights only: give --arch path/to/file.py:Name to build the model and find the classifier "
-                          "by a forward pass (the list above is every 2-D '.weight' tensor)")
-            return rec
-    prep = prepare(checkpoint, arch=arch, arch_args=arch_args, ema=ema, trust=trust, classifier=classifier)
-    ckpt, ex = prep.ckpt, prep.extractor
-    model = prep.model if prep.model is not None else getattr(ex, "model", None)
-    nparams = None
-    if model is not None:
-        nparams = int(sum(p.numel() for p in model.parameters()))
-    elif ex.kind == "torchscript":
-        nparams = int(sum(p.numel() for p in ex.sm.parameters()))
-    rec.update(form=ckpt.form, sha256=ckpt.sha256, key=ckpt.container_key, epoch=ckpt.epoch, step=ckpt.step,
-               arch=arch, num_parameters=nparams, stripped_prefixes="".join(prep.load_info.get("stripped_prefixes", [])) or None,
-               dropped_keys=len(prep.load_info.get("dropped_keys", [])) or None)
-    x, how = _sample_input(prep, data, x_key, y_key, input_shape)
+    options = options or ExtractOptions()
+    record: dict[str, Any] = {"checkpoint": str(checkpoint)}
+    if not options.arch:
+        ckpt = load_checkpoint(checkpoint, trust=options.trust, ema=options.ema)
+        if ckpt.form.holds_weights_only:
+            record.update(_weights_only(ckpt))
+            return record
+    prepared = prepare(checkpoint, replace(options, layers=(), pool="none", amp=False))
+    ckpt, extractor = prepared.checkpoint, prepared.extractor
+    record.update(form=ckpt.form.name, sha256=ckpt.sha256, key=ckpt.container_key, epoch=ckpt.epoch, step=ckpt.step,
+                  arch=options.arch, num_parameters=extractor.num_parameters(),
+                  stripped_prefixes="".join(prepared.load_info.get("stripped_prefixes", [])) or None,
+                  dropped_keys=len(prepared.load_info.get("dropped_keys", [])) or None)
+    inputs, how = _sample_input(extractor, data, options, input_shape)
     ran = None
-    if x is not None:
+    if inputs is not None:
         try:
             with torch.inference_mode():
-                xx = x if x.is_floating_point() is False else x.to(ex.dtype)
-                ex.discover(xx)
+                extractor.discover(map_tensors(inputs, lambda t: t.to(extractor.dtype) if t.is_floating_point() else t))
             ran = how
         except ForwardFailed as exc:
             if data or input_shape:
                 raise
-            rec["forward_error"] = exc.cause[:200]  # a guessed input: report it, do not fail
+            record["forward_error"] = exc.cause[:200]  # a guessed input: report it, do not fail
         except NcliError:
             raise
         except Exception as exc:
             if data or input_shape:
                 raise
-            rec["forward_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    rows = getattr(ex, "rows", [])
-    rec["linear_layers"] = [
+            record["forward_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    known = ran or extractor.found_statically  # calls and outputs need a forward pass unless a graph was read
+    record["linear_layers"] = [
         {"name": r.name, "in_features": r.in_features, "out_features": r.out_features, "bias": r.bias,
-         "calls": r.calls if ran or ex.kind != "eager" else None, "is_output": r.is_output if ran or ex.kind != "eager" else None}
-        for r in rows
+         "calls": r.calls if known else None, "is_output": r.is_output if known else None}
+        for r in getattr(extractor, "rows", [])
     ]
-    if ex.kind == "eager" and not ran:
-        rec["chosen"] = None
-        rec["why"] = ("the model was not run (give --data FILE or --input-shape C,H,W): a forward pass is needed "
-                      "to see which linear layer produces the output"
-                      + (f"; trying a guessed input failed: {rec['forward_error']}" if rec.get("forward_error") else ""))
+    if not known:
+        record["chosen"] = None
+        record["why"] = ("the model was not run (give --data FILE or --input-shape C,H,W): a forward pass is needed "
+                         "to see which linear layer produces the output"
+                         + (f"; trying a guessed input failed: {record['forward_error']}" if record.get("forward_error") else ""))
     else:
-        rec["chosen"] = ex.classifier
-        rec["why"] = ex.found_by
+        record["chosen"] = extractor.classifier
+        record["why"] = extractor.found_by
         if ran:
-            rec["ran_on"] = ran
-            rec["reconstruction_error"] = ex.first_batch_error
-            rec["num_classes"] = ex.num_classes
-            rec["feature_dim"] = ex.feature_dim
-        if ex.kind == "torchscript":
-            rec["note"] = ("TorchScript: hooks do not run; features are captured by running the archive with the "
-                           "classifier's weight set to the identity (exact); --layer needs --arch")
-    ex.close()
-    return rec
+            record["ran_on"] = ran
+            record["reconstruction_error"] = extractor.first_batch_error
+            record["num_classes"] = extractor.num_classes
+            record["feature_dim"] = extractor.feature_dim
+        if extractor.inspect_note:
+            record["note"] = extractor.inspect_note
+    extractor.close()
+    return record
 
 
 def print_inspect(rec: dict, as_json: bool = False) -> None:

@@ -1,0 +1,61 @@
+"""torch.export programs (``.pt2``), loaded with ``torch.export.load``. Without
+--trust-checkpoint its embedded pickles are read weights-only and its shape formulas must be
+plain sympy (see ``sandbox``); a program that needs more is refused."""
+
+from __future__ import annotations
+
+from ncli.errors import InputError, RefusedError, UsageError
+from ncli.extract.forms.base import Checkpoint, Form, Probe, quiet
+from ncli.extract.forms.sandbox import (
+    UnsafeProgram, force_weights_only, plain_shape_formulas, pt2_unsafe_globals, refuse_unsafe,
+)
+
+
+class TorchExport(Form):
+    name = "torch.export"
+
+    def detect(self, probe: Probe) -> bool:
+        tails = probe.zip_tails
+        return "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails)
+
+    def load(self, path: str, digest: str, *, trust: bool, ema: bool) -> Checkpoint:
+        import pickle
+
+        import torch
+
+        if ema:
+            raise UsageError(f"{path}: --ema does not apply to a torch.export program")
+        refused: list[str] = []
+        try:
+            with quiet():
+                if trust:
+                    program = torch.export.load(path)
+                else:
+                    with force_weights_only(), plain_shape_formulas() as refused:
+                        program = torch.export.load(path)
+                    if refused:  # torch caught the refusal and went on: still refused
+                        raise UnsafeProgram(refused[0])
+        except UnsafeProgram:
+            shown = refused[0] if len(refused[0]) <= 80 else refused[0][:77] + "..."
+            raise RefusedError(
+                f"{path}: is a torch.export program with a shape formula that is not plain sympy ({shown!r}); "
+                "loading it would evaluate that text as Python. Load it only if you trust its source: pass --trust-checkpoint"
+            ) from None
+        except pickle.UnpicklingError:
+            raise refuse_unsafe(path, pt2_unsafe_globals(path), "is a torch.export program with pickled Python objects") from None
+        except Exception as exc:
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise refuse_unsafe(path, pt2_unsafe_globals(path), "is a torch.export program with pickled Python objects") from None
+            raise InputError(f"{path}: cannot load the torch.export program ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        return Checkpoint(path, self, digest, None, program, None)
+
+    def make_extractor(self, ckpt: Checkpoint, options):
+        from ncli.extract.extractors.export import ExportExtractor
+
+        return ExportExtractor(ckpt.module, options.classifier, options.layers, options.pool, options.amp, ckpt.path)
+
+    def weights(self, ckpt: Checkpoint) -> dict:
+        return dict(ckpt.module.state_dict)  # an ExportedProgram's state_dict is a mapping, not a method
+
+
+TORCH_EXPORT = TorchExport()

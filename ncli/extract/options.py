@@ -1,0 +1,43 @@
+"""Every option of ``ncli extract`` in one object. The command line builds it once; the API,
+the setup, the loop and the torchrun path read it. (No torch here: the CLI imports it.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    # the model
+    arch: str | None = None  # --arch SPEC for weights-only checkpoints (or to override a model's code)
+    arch_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the --arch factory
+    ema: bool = False
+    trust: bool = False  # --trust-checkpoint: unpickling a whole model may run code
+    classifier: str | None = None  # module name, overriding discovery
+    layers: tuple[str, ...] = ()  # --layer: also store these modules' outputs
+    pool: str = "none"  # none | avg | max, for --layer outputs with spatial dims
+    # provenance
+    epoch: int | None = None
+    step: int | None = None
+    # the data
+    x_key: str | None = None
+    y_key: str | None = None
+    image_size: int | None = None
+    normalize: str | None = None
+    # the run
+    batch_size: int = 256
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = False
+    # the output
+    force: bool = False
+    compression: str | None = None  # None, "lzf" or "gzip" ("none" and "" mean None)
+    progress: bool = True  # progress bar, device note and summary on stderr
+    flush_rows: int = 8192  # rows gathered per HDF5 append
+
+    def __post_init__(self) -> None:
+        if self.compression in ("none", ""):
+            object.__setattr__(self, "compression", None)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "arch_args", dict(self.arch_args or {}))
