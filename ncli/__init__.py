@@ -5,8 +5,12 @@ Layout:
                    statistics, the streamed accumulators and their numpy/torch backends,
                    the measure record and its rendering
   ncli.compare     many records side by side: loading, tables, JSON/CSV, figures
+  ncli.extract     checkpoint + data -> feature file: checkpoint forms, classifier discovery,
+                   data sources, the extraction loop, torchrun
   ncli.features    format-1 HDF5 reader (validating) and atomic writer
   ncli.cli         the typer application (thin)
+  ncli.errors, ncli.console, ncli.outputs   exit codes, messages, safe output files
+(README "Layout" has one line per module.)
 """
 
 __version__ = "0.1.0"

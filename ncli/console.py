@@ -12,6 +12,14 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+DISTRIBUTION = "neural-collapse-cli"  # the name on the package index (the command and import name are ncli)
+
+
+def install_hint(extra: str | None = None) -> str:
+    """The pip command that installs ncli with an optional extra, e.g. ``[plot]``."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {DISTRIBUTION}"
+
+
 def _say(kind: str, message: str) -> None:
     stream = sys.stderr
     stream.write(f"ncli: {kind}{message}\n")  # one write: lines of several processes never mix

@@ -325,11 +325,11 @@ def test_plot_without_matplotlib_is_one_line_saying_how_to_install(series, tmp_p
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     from ncli.compare import plot
 
-    with pytest.raises(EnvironmentProblem, match=r"pip install 'ncli\[plot\]'"):
+    with pytest.raises(EnvironmentProblem, match=r"pip install 'neural-collapse-cli\[plot\]'"):
         plot.require_matplotlib()
     r = _compare([series[0], "--plot", str(tmp_path / "f.png")])
     assert r.exit_code == 5
-    assert r.stderr.count("\n") == 1 and "pip install 'ncli[plot]'" in r.stderr
+    assert r.stderr.count("\n") == 1 and "pip install 'neural-collapse-cli[plot]'" in r.stderr
     assert r.stdout == ""  # failed before measuring or printing
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,10 @@ import torch
 
 import extract_models as em
 from extract_util import arch, invoke, make_data, model, ok
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = str(ROOT / 'fixtures' / 'checkpoints' / 'mlp_epoch0300.pt')
+DIGITS = str(ROOT / 'fixtures' / 'digits.npz')
 
 
 @pytest.fixture
@@ -170,7 +175,7 @@ def test_missing_safetensors_names_the_extra(tmp_path, data, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "o.h5"), 5)
-    assert "pip install 'ncli[safetensors]'" in msg
+    assert "pip install 'neural-collapse-cli[safetensors]'" in msg
 
 
 def test_missing_torchvision_names_the_extra(tmp_path, data):
@@ -183,13 +188,29 @@ def test_missing_torchvision_names_the_extra(tmp_path, data):
     ck = tmp_path / "net.pt"
     torch.save(model("Net").state_dict(), ck)
     msg = _one_line_error(invoke("extract", ck, "--arch", "torchvision:resnet18", "--data", data, "-o", tmp_path / "o.h5"), 5)
-    assert "pip install 'ncli[vision]'" in msg
+    assert "pip install 'neural-collapse-cli[vision]'" in msg
     folder = tmp_path / "images"
     (folder / "cat").mkdir(parents=True)
     msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", f"train={folder}", "-o", tmp_path / "o.h5"), 5)
-    assert "pip install 'ncli[vision]'" in msg
+    assert "pip install 'neural-collapse-cli[vision]'" in msg
 
 
 def test_cli_module_does_not_import_torch():
     code = "import sys, ncli.cli, ncli.cli.extract; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", ["extract", "inspect"])
+def test_without_torch_one_line_naming_the_extra(tmp_path, command):
+    """measure/compare install without torch; extract and inspect then say which extra to add."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # makes `import torch` fail as if not installed
+        "from ncli.cli import main; sys.argv = ['ncli'] + sys.argv[1:]; main()"
+    )
+    args = [command, CKPT] + (["--data", DIGITS, "-o", str(tmp_path / "o.h5")] if command == "extract" else [])
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.strip() == (
+        f"ncli: error: ncli {command} needs PyTorch, which is not installed: pip install 'neural-collapse-cli[torch]'"
+    )
+    assert not (tmp_path / "o.h5").exists()

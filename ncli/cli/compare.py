@@ -37,7 +37,7 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help='Print one JSON object {"schema": "ncli.compare/1", "runs": [...], ...}.'),
     csv_out: bool = typer.Option(False, "--csv", help="Print tidy CSV rows: run, epoch, step, layer, split, metric, value."),
     plot: Optional[Path] = typer.Option(
-        None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'ncli\\[plot]')."
+        None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'neural-collapse-cli\\[plot]')."
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot file."),
     order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),

@@ -13,6 +13,16 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
+from ncli.console import install_hint
+from ncli.errors import EnvironmentProblem
+
+
+def require_torch(command_name: str) -> None:
+    """One line naming the extra when PyTorch is missing (measure and compare never need it)."""
+    try:
+        import torch  # noqa: F401  (the command needs it next anyway)
+    except ImportError:
+        raise EnvironmentProblem(f"ncli {command_name} needs PyTorch, which is not installed: {install_hint('torch')}") from None
 
 
 class Pool(str, Enum):
@@ -89,6 +99,7 @@ def extract(
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
 
+    require_torch("extract")
     from ncli.extract.api import extract as run_extract
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.distributed import PeerFailed
@@ -131,6 +142,7 @@ def inspect(
       ncli inspect fixtures/checkpoints/cnn_epoch0100_scripted.pt
     """
 
+    require_torch("inspect")
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.inspecting import inspect_checkpoint, print_inspect
     from ncli.extract.options import ExtractOptions

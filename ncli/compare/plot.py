@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem, UsageError
 from ncli.measure.registry import EPOCH_PANELS, LAYER_PANELS, METRICS, SPLIT_NUMBERS, Panel
 from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
@@ -28,7 +29,7 @@ SPLIT_STYLES = {"train": "-", "test": "--"}
 OTHER_SPLIT_STYLES = (":", "-.")
 LOG_X_SPAN = 100  # log x-axis when max/min epoch reaches this (epochs span two decades)
 
-INSTALL_HINT = "pip install 'ncli[plot]'"
+INSTALL_HINT = install_hint("plot")
 
 SERIES = {"means": (MEANS_COLOR, "class means"), "classifiers": (CLASSIFIERS_COLOR, "classifiers")}
 

@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 
-VISION_HINT = "pip install 'ncli[vision]'"
+VISION_HINT = install_hint("vision")
 
 
 def parse_arch_args(items) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem
 from ncli.features.reader import Chunk
 from ncli.measure import decisions
@@ -28,8 +29,10 @@ def resolve_device(device: str):
     """A torch.device for ``device`` ('cuda', 'cuda:1', 'cpu', 'mps'); EnvironmentProblem when absent."""
     try:
         import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        raise EnvironmentProblem("--device needs PyTorch; install torch or use --device cpu") from None
+    except ImportError:  # torch is the [torch] extra
+        raise EnvironmentProblem(
+            f"--device {device} needs PyTorch, which is not installed: {install_hint('torch')}; or use --device cpu"
+        ) from None
     try:
         resolved = torch.device(device)
     except RuntimeError:

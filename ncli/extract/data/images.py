@@ -9,10 +9,11 @@ from typing import Iterator
 
 import numpy as np
 
+from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 from ncli.extract.data.batch import BatchOut, row_range
 
-VISION_HINT = "pip install 'ncli[vision]'"
+VISION_HINT = install_hint("vision")
 
 
 def _vision():

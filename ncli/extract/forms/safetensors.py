@@ -3,6 +3,7 @@ A JSON header behind its 8-byte little-endian length, then raw tensors. Needs --
 
 from __future__ import annotations
 
+from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem, InputError, UsageError
 from ncli.extract.forms.base import EPOCH_KEYS, STEP_KEYS, Checkpoint, Form, Probe, position
 
@@ -24,7 +25,7 @@ class Safetensors(Form):
             from safetensors.torch import load_file
         except ImportError:
             raise EnvironmentProblem(
-                f"{path}: is a .safetensors file; reading it needs the safetensors package: pip install 'ncli[safetensors]'"
+                f"{path}: is a .safetensors file; reading it needs the safetensors package: {install_hint('safetensors')}"
             ) from None
         if ema:
             raise UsageError(f"{path}: --ema does not apply to a .safetensors file (it holds one flat set of weights)")
