@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import extract_models as em
-from extract_util import arch, invoke, make_data, model, ok
+from extract_util import arch, check_against, invoke, make_data, model, ok
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPT = str(ROOT / 'fixtures' / 'checkpoints' / 'mlp_epoch0300.pt')
@@ -48,11 +48,40 @@ def test_pickle_without_flag_is_refused(tmp_path, data):
     assert not out.exists()
 
 
-def test_pickle_with_custom_objects_in_a_dict_is_refused(tmp_path, data):
+class _RunsACommand:
+    """Unpickling this runs a shell command (what a malicious checkpoint would hold)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_custom_objects_beside_the_weights_are_never_run(tmp_path, data):
+    """A training checkpoint's weights are read; the custom objects beside them are
+    placeholders: nothing they name is imported or run (issue 12)."""
     ck = tmp_path / "dict.pt"
-    torch.save({"state_dict": model("Net").state_dict(), "extra": em.Net}, ck)
-    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", tmp_path / "o.h5"), 4)
-    assert "extract_models.Net" in msg
+    m = model("Net")
+    torch.save({"state_dict": m.state_dict(), "config": em.Net(), "cls": em.Net}, ck)
+    # the module the objects name is gone: importing it would fail
+    ck.write_bytes(ck.read_bytes().replace(b"extract_models", b"extract_modelz"))
+    out = tmp_path / "o.h5"
+    ok(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", out, "-q"))
+    d = check_against(m, out, data)
+    assert "extract_modelz.Net" in d["attrs"]["objects_not_loaded"]
+    # a call torch blocks outright (os.system) is refused, and never made
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": m.state_dict(), "hook": _RunsACommand(marker)}, ck)
+    msg = _one_line_error(invoke("extract", ck, "--arch", arch("Net"), "--data", data, "-o", out, "--force"), 4)
+    assert "system" in msg and not marker.exists()
+    # a whole pickled model is still refused: its weights are not a state_dict of tensors
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": m, "epoch": 3}, whole)
+    msg = _one_line_error(invoke("extract", whole, "--arch", arch("Net"), "--data", data, "-o", out, "--force"), 4)
+    assert "extract_models.Net" in msg and "builtins.dict" not in msg
 
 
 def test_trusted_pickle_whose_class_is_gone(tmp_path, data):

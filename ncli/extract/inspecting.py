@@ -49,6 +49,7 @@ def _weights_only(ckpt) -> dict[str, Any]:
     state_dict = ckpt.state_dict
     return {
         "form": ckpt.form.name, "sha256": ckpt.sha256, "key": ckpt.container_key, "epoch": ckpt.epoch, "step": ckpt.step,
+        **ckpt.details,
         "num_tensors": len(state_dict),
         "num_values": int(sum(v.numel() for v in state_dict.values() if v.is_floating_point())),
         "linear_layers": [
@@ -82,7 +83,7 @@ def inspect_checkpoint(checkpoint, options: ExtractOptions | None = None, *, dat
     record.update(form=ckpt.form.name, sha256=ckpt.sha256, key=ckpt.container_key, epoch=ckpt.epoch, step=ckpt.step,
                   arch=options.arch, num_parameters=extractor.num_parameters(),
                   stripped_prefixes="".join(prepared.load_info.get("stripped_prefixes", [])) or None,
-                  dropped_keys=len(prepared.load_info.get("dropped_keys", [])) or None)
+                  dropped_keys=len(prepared.load_info.get("dropped_keys", [])) or None, **ckpt.details)
     inputs, how = _sample_input(extractor, data, options, input_shape)
     ran = None
     if inputs is not None:
@@ -137,7 +138,9 @@ def print_inspect(rec: dict, as_json: bool = False) -> None:
     con.print(f"[bold]{escape(rec['checkpoint'])}[/bold]", highlight=False, soft_wrap=True)
     facts = [("form", rec.get("form")), ("weights under", rec.get("key")), ("epoch", rec.get("epoch")), ("step", rec.get("step")),
              ("arch", rec.get("arch")), ("prefix stripped", rec.get("stripped_prefixes")),
-             ("keys dropped", rec.get("dropped_keys")), ("parameters", f"{rec['num_parameters']:,}" if rec.get("num_parameters") else None),
+             ("keys dropped", rec.get("dropped_keys")), ("architecture", rec.get("hf_architecture")),
+             ("EMA weights", rec.get("ema_weights")), ("not loaded", rec.get("objects_not_loaded")),
+             ("parameters", f"{rec['num_parameters']:,}" if rec.get("num_parameters") else None),
              ("tensors", f"{rec['num_tensors']:,} ({rec['num_values']:,} numbers)" if rec.get("num_tensors") else None),
              ("sha256", rec.get("sha256"))]
     for k, v in facts:

@@ -1,11 +1,11 @@
 """A checkpoint's weights loaded into an --arch model.
 
 Key alignment (``align_state_dict``) is guided by the model's own keys: ``_orig_mod.``
-(torch.compile) is removed anywhere in a key; a first component shared by all keys (``module.``
-from DataParallel/DDP, ``model.`` from Lightning, any wrapper) is stripped when that makes more
-keys match; and when the keys under one of ``module.``/``model.``/``net.``/``network.`` match
-the model exactly, the other keys (e.g. a Lightning module's loss buffers) are dropped and
-counted. Loading is then strict.
+(torch.compile) is removed anywhere in a key; leading components shared by all keys
+(``module.`` from DataParallel/DDP, ``model.`` from Lightning, ``model.module.`` from both, any
+wrapper) are stripped when that makes more keys match; and when the keys under one or two of
+``module.``/``model.``/``net.``/``network.`` match the model exactly, the other keys (e.g. a
+Lightning module's loss buffers) are dropped and counted. Loading is then strict.
 """
 
 from __future__ import annotations
@@ -21,6 +21,23 @@ def _overlap(keys, target: set) -> int:
     return sum(1 for k in keys if k in target)
 
 
+def _strip_shared(cur: dict, target: set) -> tuple[dict, str] | None:
+    """The keys without the first 1..3 components that every key shares (``model.module.``
+    from a DataParallel model inside a Lightning module), the fewest that make more keys match."""
+    now = _overlap(cur, target)
+    for depth in (1, 2, 3):
+        parts = [k.split(".", depth) for k in cur]
+        if any(len(p) <= depth for p in parts):
+            return None
+        heads = {tuple(p[:depth]) for p in parts}
+        if len(heads) != 1:
+            return None
+        stripped = {p[depth]: v for p, v in zip(parts, cur.values())}
+        if _overlap(stripped, target) > now:
+            return stripped, ".".join(heads.pop()) + "."
+    return None
+
+
 def align_state_dict(sd: Mapping, model_keys) -> tuple[dict, list[str], list[str]]:
     """Rename checkpoint keys to the model's; -> (state_dict, steps taken, dropped keys)."""
     target = set(model_keys)
@@ -30,19 +47,17 @@ def align_state_dict(sd: Mapping, model_keys) -> tuple[dict, list[str], list[str
     if any("_orig_mod." in k for k in cur):
         cur = {k.replace("_orig_mod.", ""): v for k, v in cur.items()}
         steps.append("_orig_mod.")
+    nested = [a + b for a in WRAPPER_PREFIXES for b in WRAPPER_PREFIXES]
     for _ in range(6):
         if set(cur) == target:
             break
-        firsts = {k.split(".", 1)[0] if "." in k else None for k in cur}
-        if len(firsts) == 1 and None not in firsts:
-            first = firsts.pop()
-            stripped = {k.split(".", 1)[1]: v for k, v in cur.items()}
-            if _overlap(stripped, target) > _overlap(cur, target):
-                cur = stripped
-                steps.append(first + ".")
-                continue
+        stripped = _strip_shared(cur, target)
+        if stripped is not None:
+            cur = stripped[0]
+            steps.append(stripped[1])
+            continue
         done = False
-        for prefix in WRAPPER_PREFIXES:
+        for prefix in (*WRAPPER_PREFIXES, *nested):
             sub = {k[len(prefix):]: v for k, v in cur.items() if k.startswith(prefix)}
             if sub and set(sub) == target and len(sub) < len(cur):
                 dropped = [k for k in cur if not k.startswith(prefix)]

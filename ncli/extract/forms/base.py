@@ -8,7 +8,7 @@ import os
 import warnings
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -32,15 +32,32 @@ class Checkpoint:
     container_key: str | None = None  # where the weights were found, e.g. "state_dict"
     epoch: int | None = None
     step: int | None = None
+    # what the form found out besides (recorded as file attributes, shown by ncli inspect), e.g.
+    # {"hf_architecture": "GPT2LMHeadModel"} or {"ema_weights": ...}
+    details: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """The start of a file (and, for a zip archive, its member names): what forms are detected
-    from. Never the file name or extension."""
+    """The start of a file (and, for a zip archive, its member names), or a directory's entry
+    names: what forms are detected from. Never the file name or extension."""
 
     path: str
-    head: bytes
+    head: bytes  # empty for a directory
+
+    @cached_property
+    def is_dir(self) -> bool:
+        return os.path.isdir(self.path)
+
+    @cached_property
+    def dir_names(self) -> frozenset[str]:
+        """The names of a directory's entries (empty for a file)."""
+        if not self.is_dir:
+            return frozenset()
+        try:
+            return frozenset(os.listdir(self.path))
+        except OSError:
+            return frozenset()
 
     @property
     def is_zip(self) -> bool:
@@ -81,6 +98,10 @@ class Form:
             "--arch path/to/file.py:Name (or pkg.module:Name, torchvision:NAME, timm:NAME)"
         )
 
+    def digest(self, path: str) -> str:
+        """The sha256 recorded as the file's ``source_checkpoint_sha256``."""
+        return sha256_file(path)
+
     def weights(self, ckpt: Checkpoint) -> dict:
         """The checkpoint's tensors as a state_dict (what --arch loads into its model)."""
         if ckpt.state_dict is not None:
@@ -100,6 +121,13 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
                 break
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_folder(folder: str | os.PathLike, names) -> str:
+    """One sha256 for the files ``names`` of a checkpoint folder: the sha256 of the lines
+    ``<name> <sha256 of the file>``, in name order."""
+    lines = "".join(f"{name} {sha256_file(os.path.join(folder, name))}\n" for name in sorted(names))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @contextmanager
