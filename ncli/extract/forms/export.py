@@ -1,14 +1,73 @@
 """torch.export programs (``.pt2``), loaded with ``torch.export.load``. Without
 --trust-checkpoint its embedded pickles are read weights-only and its shape formulas must be
-plain sympy (see ``sandbox``); a program that needs more is refused."""
+plain sympy (see ``sandbox``); a program that needs more is refused.
+
+A program whose inputs or outputs are structured types (transformers' ``ModelOutput`` classes)
+can only be read once the package that registers those types with torch's pytree has been
+imported: the installed ``transformers`` is imported first when the program names its types
+(only packages in ``PYTREE_PACKAGES``; an archive never chooses what else is imported)."""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import re
+import zipfile
+from contextlib import contextmanager
+
+from ncli.console import install_hint
 from ncli.errors import InputError, RefusedError, UsageError
 from ncli.extract.forms.base import Checkpoint, Form, Probe, quiet
 from ncli.extract.forms.sandbox import (
     UnsafeProgram, force_weights_only, plain_shape_formulas, pt2_unsafe_globals, refuse_unsafe,
 )
+
+
+PYTREE_PACKAGES = {"transformers": "hf"}  # package -> the ncli extra that installs it
+_TREESPEC_TYPE = re.compile(r'type\W{1,6}((?:' + "|".join(PYTREE_PACKAGES) + r')(?:\.\w+)+)')
+
+
+def pytree_types(path: str) -> list[str]:
+    """Structured input/output types (of PYTREE_PACKAGES) named by the program's treespecs."""
+    found: list[str] = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/models/" in "/" + name and name.endswith(".json"):
+                    text = archive.read(name).decode("utf-8", "replace")
+                    found += [t for t in _TREESPEC_TYPE.findall(text) if t not in found]
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return found
+
+
+def register_pytree_types(path: str, types: list[str]) -> None:
+    """Import the modules that define ``types`` (they register themselves with torch's pytree)."""
+    for type_name in types:
+        package, module = type_name.split(".", 1)[0], type_name.rsplit(".", 1)[0]
+        if package == "transformers":
+            from ncli.extract.forms.huggingface import import_transformers
+
+            import_transformers(f"{path}: a torch.export program with outputs of type {type_name}")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise InputError(
+                f"{path}: the program's inputs or outputs are of type {type_name}, which the installed {package} "
+                f"does not define; install the version it was exported with ({install_hint(PYTREE_PACKAGES[package])})"
+            ) from None
+
+
+@contextmanager
+def torch_export_quiet():
+    """No tracebacks logged by torch.export.load (its warnings before it raises)."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class TorchExport(Form):
@@ -26,8 +85,9 @@ class TorchExport(Form):
         if ema:
             raise UsageError(f"{path}: --ema does not apply to a torch.export program")
         refused: list[str] = []
+        register_pytree_types(path, pytree_types(path))
         try:
-            with quiet():
+            with quiet(), torch_export_quiet():
                 if trust:
                     program = torch.export.load(path)
                 else:
