@@ -29,6 +29,15 @@ class Pool(str, Enum):
     none = "none"
     avg = "avg"
     max = "max"
+    mean = "mean"
+    cls = "cls"
+    last = "last"
+
+
+class Layout(str, Enum):
+    auto = "auto"
+    nchw = "nchw"
+    nhwc = "nhwc"
 
 
 class Compression(str, Enum):
@@ -46,12 +55,13 @@ _ARCH_HELP = (
 
 @command()
 def extract(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1).", show_default=False),
     data: List[str] = typer.Option(
         ..., "--data", "-d",
-        help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT); an ImageFolder "
-        "folder; torchvision:NAME:ROOT. A bare FILE takes every split in it.",
+        help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT), or inputs named for the "
+        "model (input_ids, attention_mask, pixel_values, ...) and y or labels; an ImageFolder folder or a root of split "
+        "folders; torchvision:NAME:ROOT. A bare FILE or ROOT takes every split in it.",
         show_default=False,
     ),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
@@ -65,11 +75,17 @@ def extract(
     step: Optional[int] = typer.Option(None, "--step", help="Training step to record (default: the checkpoint's 'step'/'global_step')."),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Module path of the classifier (an nn.Linear), overriding discovery."),
     layer: List[str] = typer.Option([], "--layer", help="Also store this module's output, flattened, as /SPLIT/layers/NAME; repeatable."),
-    pool: Pool = typer.Option(Pool.none, "--pool", help="For --layer outputs with spatial dims (N, C, ...): avg or max over them, or none (flatten)."),
+    pool: Pool = typer.Option(
+        Pool.none, "--pool",
+        help="For --layer outputs: none (flatten); avg or max over the dims after C of (N, C, ...), or over the tokens of "
+        "(N, L, D) in transformers; mean (over the attention mask), cls or last token of (N, L, D).",
+    ),
     x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in array files ('{split}' is replaced by the split name)."),
     y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' is replaced by the split name)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Images: resize and center-crop to this size [vision]."),
-    normalize: Optional[str] = typer.Option(None, "--normalize", help="Images: imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,.. [vision]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Images (folders and arrays): resize the shorter side and center-crop to this size."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="Images (folders and arrays): imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,..."),
+    layout: Layout = typer.Option(Layout.auto, "--layout", help="Image arrays: channel layout; auto tells NHWC from NCHW for uint8 (N, H, W, C) arrays."),
+    channels: Optional[int] = typer.Option(None, "--channels", min=1, max=3, help="Images: convert to 1 (gray) or 3 (RGB) channels for the model."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Samples per forward pass."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes (0: load in the main process)."),
     device: str = typer.Option(
@@ -86,7 +102,7 @@ def extract(
 
     The classifier is the nn.Linear whose output is what the model returns (found with forward hooks on one batch); its input is stored as the features, and features·Wᵀ + b is checked against the logits (the max error is stored in the file). Rows keep the source's order (/SPLIT/index). The file appears at OUTPUT only when complete; an existing OUTPUT needs --force; Ctrl-C leaves nothing behind.
 
-    Checkpoint forms (detected from the content): a state_dict, plain or nested (state_dict, model, net; DataParallel 'module.', torch.compile '_orig_mod.' and Lightning 'model.' prefixes are handled), or .safetensors, with --arch; a TorchScript archive (hooks do not run in TorchScript, so the classifier's input is captured exactly by running the archive with that layer's weight set to the identity; --layer needs --arch); a torch.export .pt2 program; a whole pickled model, only with --trust-checkpoint.
+    Checkpoint forms (detected from the content): a state_dict, plain or nested (state_dict, model, net; DataParallel 'module.', torch.compile '_orig_mod.' and Lightning 'model.' prefixes are handled), or .safetensors, with --arch; a TorchScript archive (hooks do not run in TorchScript, so the classifier's input is captured exactly by running the archive with that layer's weight set to the identity; --layer needs --arch); a torch.export .pt2 program; a Hugging Face save_pretrained folder (built by transformers from its config.json; a causal language model gives one row per predicted token, labelled with the next token); a whole pickled model, only with --trust-checkpoint.
 
     Examples:
 
@@ -108,7 +124,7 @@ def extract(
     options = ExtractOptions(
         arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
         layers=tuple(layer), pool=pool.value, epoch=epoch, step=step, x_key=x_key, y_key=y_key, image_size=image_size,
-        normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
+        normalize=normalize, layout=layout.value, channels=channels, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
         compression=compression.value, progress=not quiet,
     )
     try:

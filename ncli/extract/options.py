@@ -16,7 +16,7 @@ class ExtractOptions:
     trust: bool = False  # --trust-checkpoint: unpickling a whole model may run code
     classifier: str | None = None  # module name, overriding discovery
     layers: tuple[str, ...] = ()  # --layer: also store these modules' outputs
-    pool: str = "none"  # none | avg | max, for --layer outputs with spatial dims
+    pool: str = "none"  # none | avg | max (channels first or tokens) | mean | cls | last (tokens), for --layer outputs
     # provenance
     epoch: int | None = None
     step: int | None = None
@@ -25,6 +25,8 @@ class ExtractOptions:
     y_key: str | None = None
     image_size: int | None = None
     normalize: str | None = None
+    layout: str = "auto"  # image arrays: auto | nchw | nhwc
+    channels: int | None = None  # images: convert to 1 (gray) or 3 (RGB) channels
     # the run
     batch_size: int = 256
     num_workers: int = 0

@@ -4,19 +4,27 @@ in its source is stored as ``/<split>/index``.
 SOURCE forms:
   FILE.h5 / .hdf5 / .npz   inputs and integer labels: datasets ``x``, ``y``; else
                            ``x_<split>``, ``y_<split>``; or ``--x-key/--y-key`` (``{split}`` in a
-                           key is replaced by the split name). HDF5 is read batch by batch; an
+                           key is replaced by the split name). Or inputs named after the model's
+                           forward arguments (``input_ids``, ``attention_mask``, ``pixel_values``,
+                           ..., as NAME or NAME_<split>), all passed by name, labels ``y`` or
+                           ``labels`` (none for a causal LM). HDF5 is read batch by batch; an
                            uncompressed .npz (``np.savez``) is memory-mapped; a compressed one
                            is read into memory. Float inputs are cast to the model's dtype,
-                           integer inputs (token ids) are passed as int64.
-  FOLDER                   torchvision ImageFolder layout (FOLDER/<class>/<image>)    [vision]
+                           integer inputs (token ids) are passed as int64; uint8 images are
+                           scaled to [0, 1] (``pixels``).
+  FOLDER                   torchvision ImageFolder layout (FOLDER/<class>/<image>), or a
+                           dataset root of split folders (ROOT/train/<class>/...)  [vision]
   torchvision:NAME:ROOT    a torchvision dataset already on disk (never downloaded)   [vision]
 
-``--data FILE`` without ``SPLIT=`` takes every split the file holds (``x_<split>``/``y_<split>``
-pairs), or ``train`` for a plain ``x``/``y`` pair.
+``--data FILE`` (or ``--data ROOT``) without ``SPLIT=`` takes every split it holds
+(``x_<split>``/``y_<split>`` pairs, ``input_ids_<split>``, ..., split folders), or ``train``
+for a plain ``x``/``y`` pair.
 
   batch    BatchOut (model inputs: a tensor or named tensors; labels; row indices)
   arrays   ArraySource
+  pixels   image arrays: uint8 scaling, channel layout, --channels, --image-size, --normalize
   images   TorchDatasetSource (image folders, torchvision datasets)
+  tokens   NextTokenSource: a causal LM's rows (one per predicted token) and their labels
 
 A source has ``split``, ``text``, ``description``, ``num_samples``, ``class_names``,
 ``label_range()``, ``head(k)`` (the inputs of the first k rows) and ``batches(...)``; a new
@@ -29,9 +37,10 @@ import re
 from pathlib import Path
 
 from ncli.errors import InputError, UsageError
-from ncli.extract.data.arrays import ArraySource, file_kind, h5_names, npz_names
+from ncli.extract.data.arrays import ArraySource, file_kind, h5_names, npz_names, splits_in
 from ncli.extract.data.batch import BatchOut
-from ncli.extract.data.images import TorchDatasetSource, parse_normalize
+from ncli.extract.data.images import TorchDatasetSource, folder_classes, parse_normalize, split_folders
+from ncli.extract.data.pixels import ImageOptions
 
 __all__ = ["ArraySource", "BatchOut", "TorchDatasetSource", "open_sources", "parse_data_arg"]
 
@@ -50,17 +59,28 @@ def parse_data_arg(item: str) -> tuple[str | None, str]:
     return None, item
 
 
-def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=None) -> list:
+def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=None, layout="auto", channels=None) -> list:
     """Parse and open every --data item (cheap: nothing is read beyond shapes)."""
     if not items:
         raise UsageError("give at least one --data SPLIT=SOURCE (e.g. --data train=data.npz --data test=data.npz)")
     norm = parse_normalize(normalize)
+    images = ImageOptions(image_size=image_size, normalize=norm, layout=layout, channels=channels)
+    parsed = [parse_data_arg(item) for item in items]
+    folders = _image_folders(parsed)  # checks the split folders asked for, before anything opens
+    # one class list for every image folder: the train folder's (else the first folder's)
+    reference = folders.get("train", next(iter(folders.values()), None))
+    classes = folder_classes(reference) if reference is not None else None
     sources = []
     seen: set[str] = set()
-    for item in items:
-        split, text = parse_data_arg(item)
-        if text.startswith("torchvision:") or (Path(text).is_dir()):
-            opened = [TorchDatasetSource(split or "train", text, image_size, norm)]
+    for split, text in parsed:
+        if text.startswith("torchvision:"):
+            opened = [TorchDatasetSource(split or "train", text, image_size, norm, channels=channels)]
+        elif Path(text).is_dir():
+            inside = split_folders(Path(text))
+            opened = [
+                TorchDatasetSource(name, text, image_size, norm, channels=channels, classes=classes, folder=inside.get(name))
+                for name, _ in _folder_items(split, text)
+            ]
         else:
             path = Path(text)
             if split is None and path.exists() and not (x_key or y_key) and file_kind(path) != "?":
@@ -68,20 +88,47 @@ def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=No
                     names = h5_names(path) if file_kind(path) == "h5" else npz_names(path)
                 except Exception as exc:  # truncated or damaged
                     raise InputError(f"--data {text}: cannot read ({type(exc).__name__}: {exc})") from None
-                if "x" in names and "y" in names:
-                    splits = ["train"]
-                else:
-                    splits = [n[2:] for n in names if n.startswith("x_") and f"y_{n[2:]}" in names]
+                splits = splits_in(names)
                 if not splits:
                     raise InputError(
-                        f"--data {text}: no x/y or x_<split>/y_<split> datasets (the file has: {', '.join(names[:20])})"
+                        f"--data {text}: no x/y or x_<split>/y_<split> datasets, nor inputs named for the model "
+                        f"(input_ids, ...) (the file has: {', '.join(names[:20])})"
                     )
-                opened = [ArraySource(name, text) for name in splits]
+                opened = [ArraySource(name, text, images=images) for name in splits]
             else:
-                opened = [ArraySource(split or "train", text, x_key, y_key)]
+                opened = [ArraySource(split or "train", text, x_key, y_key, images=images)]
         for source in opened:
             if source.split in seen:
                 raise UsageError(f"--data: split {source.split!r} given twice")
             seen.add(source.split)
             sources.append(source)
     return sources
+
+
+def _folder_items(split: str | None, text: str) -> list[tuple[str, str]]:
+    """(split, --data text) of the image folders one --data item names: a dataset root of split
+    folders gives each of them (or the one SPLIT= names), an image folder itself."""
+    root = Path(text)
+    splits = split_folders(root)
+    if not splits:
+        return [(split or "train", text)]
+    if split is None:
+        return [(name, text) for name in splits]
+    if split not in splits:
+        raise InputError(
+            f"--data {split}={text}: holds the split folders {', '.join(splits)} (each a folder of class folders), "
+            f"none named {split!r}; give --data {next(iter(splits))}={text} or the image folder itself"
+        )
+    return [(split, text)]
+
+
+def _image_folders(parsed) -> dict[str, Path]:
+    """{split: image folder} for every folder among the --data items."""
+    out: dict[str, Path] = {}
+    for split, text in parsed:
+        if text.startswith("torchvision:") or not Path(text).is_dir():
+            continue
+        inside = split_folders(Path(text))
+        for name, _ in _folder_items(split, text):
+            out.setdefault(name, inside.get(name, Path(text)))
+    return out

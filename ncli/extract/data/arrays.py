@@ -16,8 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ncli.errors import InputError
+from ncli.errors import InputError, UsageError
 from ncli.extract.data.batch import BatchOut, row_range
+from ncli.extract.data.pixels import PixelTransform, is_image_array
 from ncli.features.schema import HDF5_SIGNATURE
 
 
@@ -74,25 +75,74 @@ def _npz_memmap(path: Path, name: str):
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
-class ArraySource:
-    """Inputs and labels from an HDF5 or .npz file; batches are read as they are needed."""
+# Arrays named after a model's forward arguments (transformers' names): a file holding any of
+# them (as NAME, or NAME_<split> per split) feeds the model all of them by name.
+MODEL_INPUT_NAMES = (
+    "input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values", "pixel_mask",
+    "input_values", "input_features", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask",
+)
+LABEL_NAMES = ("y", "labels")
 
-    def __init__(self, split: str, path: str, x_key: str | None = None, y_key: str | None = None):
+
+def split_keys(names, split: str, stems) -> dict[str, str]:
+    """stem -> dataset for ``split``: ``<stem>_<split>`` if the file has it, else ``<stem>``."""
+    out = {}
+    for stem in stems:
+        for key in (f"{stem}_{split}", stem):
+            if key in names:
+                out[stem] = key
+                break
+    return out
+
+
+def splits_in(names) -> list[str]:
+    """The splits a file holds: x_<split>/y_<split> pairs, <input name>_<split> arrays, or
+    ``train`` for a plain x/y pair or plain named inputs."""
+    names = list(names)
+    if ("x" in names and "y" in names) or any(n in names for n in MODEL_INPUT_NAMES):
+        return ["train"]
+    found = [n[2:] for n in names if n.startswith("x_") and f"y_{n[2:]}" in names]
+    for stem in MODEL_INPUT_NAMES:
+        found += [n[len(stem) + 1:] for n in names if n.startswith(stem + "_") and n[len(stem) + 1:] not in found]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+class ArraySource:
+    """Inputs and labels from an HDF5 or .npz file; batches are read as they are needed. The
+    inputs are ``x`` (one tensor) or arrays named after the model's forward arguments
+    (``input_ids``, ``attention_mask``, ...: named tensors); the labels ``y`` or ``labels``,
+    which a causal language model does without (its labels are the next tokens)."""
+
+    def __init__(self, split: str, path: str, x_key: str | None = None, y_key: str | None = None, images=None):
+        from ncli.extract.data.pixels import ImageOptions
+
         self.split = split
         self.path = Path(path)
         self.text = path
         self.class_names = None
+        images = images or ImageOptions()
+        where = f"--data {split}={path}"
         if not self.path.exists():
-            raise InputError(f"--data {split}={path}: no such file")
+            raise InputError(f"{where}: no such file")
         kind = file_kind(self.path)
         if kind == "?":
-            raise InputError(f"--data {split}={path}: not an array file (expected HDF5 .h5/.hdf5 or numpy .npz)")
+            raise InputError(f"{where}: not an array file (expected HDF5 .h5/.hdf5 or numpy .npz)")
         self.file_kind = kind
         try:
             names = h5_names(self.path) if kind == "h5" else npz_names(self.path)
         except Exception as exc:
-            raise InputError(f"--data {split}={path}: cannot read ({type(exc).__name__}: {exc})") from None
-        if x_key or y_key:
+            raise InputError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+        named = {} if x_key else split_keys(names, split, MODEL_INPUT_NAMES)
+        has_x = bool(x_key) or "x" in names or f"x_{split}" in names
+        if named and has_x:
+            raise UsageError(
+                f"{where}: the file holds both x and inputs named for the model ({', '.join(named.values())}); "
+                "feed x alone with --x-key x, or name every input after the model's arguments (input_ids, attention_mask, ...)"
+            )
+        if named:
+            labels = y_key.replace("{split}", split) if y_key else next(iter(split_keys(names, split, LABEL_NAMES).values()), None)
+            xk, yk = None, labels
+        elif x_key or y_key:
             xk = (x_key or "x").replace("{split}", split)
             yk = (y_key or "y").replace("{split}", split)
         elif "x" in names and "y" in names:
@@ -100,53 +150,73 @@ class ArraySource:
         else:
             xk, yk = f"x_{split}", f"y_{split}"
         for k, opt in ((xk, "--x-key"), (yk, "--y-key")):
-            if k not in names:
+            if k is not None and k not in names:
                 raise InputError(
-                    f"--data {split}={path}: no dataset {k!r} (the file has: {', '.join(names[:20]) or 'nothing'}); "
+                    f"{where}: no dataset {k!r} (the file has: {', '.join(names[:20]) or 'nothing'}); "
                     f"expected x/y or x_{split}/y_{split}, or name them with {opt}"
                 )
         self.x_key, self.y_key = xk, yk
+        self.input_keys = {xk: xk} if xk is not None else named  # model argument (or x) -> dataset
         self._pid = None
         self._arrays = None
         self._file = None
         try:
-            x, y = self.arrays()
+            inputs, y = self.arrays()
         except Exception as exc:  # a damaged member (e.g. its header promises more rows than stored)
-            raise InputError(f"--data {split}={path}: cannot read ({type(exc).__name__}: {exc})") from None
-        if y.ndim != 1:
-            raise InputError(f"--data {split}={path}: labels {yk!r} must be 1-D, got shape {tuple(y.shape)}")
-        if y.dtype.kind not in "iu":
-            raise InputError(f"--data {split}={path}: labels {yk!r} must be integers, got {y.dtype}")
-        if x.ndim < 1 or x.shape[0] != y.shape[0]:
-            raise InputError(
-                f"--data {split}={path}: {x.shape[0] if x.ndim else 0} inputs in {xk!r} but {y.shape[0]} labels in {yk!r}"
+            raise InputError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+        if y is not None and y.ndim != 1:
+            raise InputError(f"{where}: labels {yk!r} must be 1-D, got shape {tuple(y.shape)}")
+        if y is not None and y.dtype.kind not in "iu":
+            raise InputError(f"{where}: labels {yk!r} must be integers, got {y.dtype}")
+        first_name, first = next(iter(inputs.items()))
+        count = y.shape[0] if y is not None else (first.shape[0] if first.ndim else 0)
+        for name, x in inputs.items():
+            if x.ndim < 1 or x.shape[0] != count:
+                other = f"{count} labels in {yk!r}" if y is not None else f"{count} rows in {self.input_keys[first_name]!r}"
+                raise InputError(f"{where}: {x.shape[0] if x.ndim else 0} inputs in {self.input_keys[name]!r} but {other}")
+            if x.dtype.kind not in "fiub":
+                raise InputError(f"{where}: inputs {self.input_keys[name]!r} have dtype {x.dtype}; expected numbers")
+        if count == 0:
+            raise InputError(f"{where}: no samples")
+        self.num_samples = int(count)
+        # image arrays: x, or pixel_values among named inputs
+        self.pixels = None
+        image_key = xk if xk is not None else ("pixel_values" if "pixel_values" in inputs else None)
+        image = inputs.get(image_key) if image_key is not None else None
+        if image is not None and is_image_array(image.dtype, image.shape, images):
+            self.pixels = PixelTransform(image.dtype, tuple(image.shape), images, where)
+        elif images.asked:
+            shape = f"{tuple(image.shape)} {image.dtype}" if image is not None else "no image array"
+            raise UsageError(
+                f"{where}: {', '.join(images.asked)} apply to images (uint8 (N, H, W[, C]) or float (N, C, H, W) arrays); "
+                f"the inputs are {shape}"
             )
-        if y.shape[0] == 0:
-            raise InputError(f"--data {split}={path}: no samples")
-        if x.dtype.kind not in "fiub":
-            raise InputError(f"--data {split}={path}: inputs {xk!r} have dtype {x.dtype}; expected numbers")
-        self.num_samples = int(y.shape[0])
-        self.description = f"{path} [{xk}, {yk}]"
+        self.image_key = image_key if self.pixels is not None else None
+        keys = [f"{k} ({self.pixels.description})" if k == self.image_key else k for k in self.input_keys.values()]
+        self.description = f"{path} [{', '.join(keys)}, {yk or 'no labels'}]"
 
     def arrays(self):
-        """(x, y) array-likes, opened once per process (safe with DataLoader workers)."""
+        """({argument: array-like}, labels or None), opened once per process (safe with
+        DataLoader workers)."""
         pid = os.getpid()
         if self._arrays is None or self._pid != pid:
+            keys = list(self.input_keys.values()) + ([self.y_key] if self.y_key is not None else [])
             if self.file_kind == "h5":
                 import h5py
 
                 f = h5py.File(self.path, "r")
                 self._file = f
-                self._arrays = (f[self.x_key], f[self.y_key])
+                found = {k: f[k] for k in keys}
             else:
-                arrs = []
-                for k in (self.x_key, self.y_key):
+                found = {}
+                for k in keys:
                     a = _npz_memmap(self.path, k)
                     if a is None:
                         with np.load(self.path, allow_pickle=False) as z:
                             a = z[k]
-                    arrs.append(a)
-                self._arrays = tuple(arrs)
+                    found[k] = a
+            inputs = {name: found[key] for name, key in self.input_keys.items()}
+            self._arrays = (inputs, found[self.y_key] if self.y_key is not None else None)
             self._pid = pid
         return self._arrays
 
@@ -168,35 +238,51 @@ class ArraySource:
         d["_file"] = None
         return d
 
-    def label_range(self) -> tuple[int, int]:
-        _, y = self.arrays()
+    def _range(self, values, what: str) -> tuple[int, int]:
         lo, hi = None, None
         step = 1 << 22
         for first in range(0, self.num_samples, step):
             try:
-                part = np.asarray(y[first : first + step])
+                part = np.asarray(values[first : first + step])
             except (OSError, ValueError) as exc:
-                raise InputError(f"--data {self.split}={self.text}: cannot read the labels ({exc})") from None
+                raise InputError(f"--data {self.split}={self.text}: cannot read the {what} ({exc})") from None
             a, b = int(part.min()), int(part.max())
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
         return lo, hi
 
-    def _batch(self, start: int, stop: int) -> BatchOut:
+    def label_range(self) -> tuple[int, int] | None:
+        _, y = self.arrays()
+        return None if y is None else self._range(y, "labels")
+
+    def token_range(self) -> tuple[int, int] | None:
+        """The range of the token ids (input_ids, or an integer x), for next-token labels."""
+        inputs, _ = self.arrays()
+        ids = inputs.get("input_ids", inputs.get(self.x_key) if self.x_key else None)
+        return None if ids is None or ids.dtype.kind not in "iu" else self._range(ids, "token ids")
+
+    def _tensor(self, name: str, array, start: int, stop: int):
         import torch
 
-        x, y = self.arrays()
+        values = np.ascontiguousarray(array[start:stop])
+        if not values.flags.writeable:  # a memory-mapped .npz member
+            values = values.copy()
+        if name == self.image_key:
+            return self.pixels(torch.from_numpy(values))
+        if values.dtype.kind == "b":
+            values = values.astype(np.float32)
+        return torch.from_numpy(values) if values.dtype.kind == "f" else torch.from_numpy(values.astype(np.int64, copy=False))
+
+    def _batch(self, start: int, stop: int) -> BatchOut:
+        inputs, y = self.arrays()
         try:
-            xb = np.ascontiguousarray(x[start:stop])
-            yb = np.asarray(y[start:stop]).astype(np.int64, copy=False)
+            tensors = {name: self._tensor(name, array, start, stop) for name, array in inputs.items()}
+            # no labels (a causal LM's data): never written as they are, data.tokens makes the labels
+            yb = np.asarray(y[start:stop]).astype(np.int64, copy=False) if y is not None else np.full(stop - start, -1, np.int64)
         except (OSError, ValueError) as exc:  # a damaged HDF5 chunk
             raise InputError(f"--data {self.split}={self.text}: cannot read rows {start}..{stop - 1} ({exc})") from None
-        if not xb.flags.writeable:  # a memory-mapped .npz member
-            xb = xb.copy()
-        if xb.dtype.kind == "b":
-            xb = xb.astype(np.float32)
-        t = torch.from_numpy(xb) if xb.dtype.kind == "f" else torch.from_numpy(xb.astype(np.int64, copy=False))
-        return BatchOut(t, yb, np.arange(start, stop, dtype=np.int64))
+        batch = tensors[self.x_key] if self.x_key is not None else tensors
+        return BatchOut(batch, yb, np.arange(start, stop, dtype=np.int64))
 
     def head(self, k: int):
         return self._batch(0, min(k, self.num_samples)).inputs

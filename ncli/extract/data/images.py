@@ -1,5 +1,11 @@
 """Image folders (torchvision ImageFolder layout) and torchvision datasets already on disk
-(never downloaded); both need the [vision] extra."""
+(never downloaded); both need the [vision] extra.
+
+Folders: one class list for every split, the train folder's (``classes``): a split missing a
+class keeps every other label, and a split with a class the train folder lacks is refused.
+Without --image-size, images of another size than the first are resized (shorter side, to
+cover) and centre-cropped to it, with a note when a sample of the folder shows mixed sizes.
+--channels 1 or 3 converts to gray or RGB."""
 
 from __future__ import annotations
 
@@ -47,9 +53,51 @@ def parse_normalize(text: str | None):
         ) from None
 
 
-def _image_transform(image_size: int | None, normalize):
+class FitSize:
+    """Resize (to cover) and centre-crop a PIL image to ``size`` = (height, width), when it is
+    not that size already (module level: DataLoader workers pickle it)."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = tuple(size)
+
+    def __call__(self, image):
+        from torchvision.transforms import functional
+
+        height, width = self.size
+        if (image.height, image.width) == (height, width):
+            return image
+        scale = max(height / image.height, width / image.width)
+        covered = functional.resize(image, [max(height, round(image.height * scale)), max(width, round(image.width * scale))])
+        return functional.center_crop(covered, [height, width])
+
+
+def folder_classes(root: Path) -> list[str]:
+    """The class folders of an ImageFolder root, as torchvision orders them."""
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+SPLIT_FOLDERS = frozenset({"train", "test", "val", "valid", "validation", "eval", "dev"})
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """{split: folder} when ``root`` is a dataset root of split folders (train/, test/, ...)
+    that each hold class folders; {} for an ordinary image folder."""
+    try:
+        subs = sorted(entry for entry in os.scandir(root) if entry.is_dir())
+    except OSError:
+        return {}
+    if not subs or not {e.name for e in subs} <= SPLIT_FOLDERS:
+        return {}
+    if not all(any(inner.is_dir() for inner in os.scandir(e.path)) for e in subs):
+        return {}
+    return {e.name: Path(e.path) for e in subs}
+
+
+def _image_transform(image_size: int | None, normalize, channels: int | None = None):
     _, T = _vision()
     steps = []
+    if channels is not None:
+        steps.append(T.Grayscale(num_output_channels=channels))
     if image_size:
         steps += [T.Resize(image_size), T.CenterCrop(image_size)]
     steps.append(T.ToTensor())
@@ -61,11 +109,17 @@ def _image_transform(image_size: int | None, normalize):
 class TorchDatasetSource:
     """An image folder or a torchvision dataset (needs the [vision] extra)."""
 
-    def __init__(self, split: str, text: str, image_size: int | None = None, normalize=None):
+    def __init__(self, split: str, text: str, image_size: int | None = None, normalize=None, *,
+                 channels: int | None = None, classes: list[str] | None = None, folder: Path | None = None):
+        """``classes``: the class list of the labels (the train folder's; default: this
+        folder's own). ``folder``: the image folder when ``text`` names its dataset root."""
         self.split = split
         self.text = text
+        self.notes: list[str] = []
         torchvision, _ = _vision()
-        transform = _image_transform(image_size, normalize)
+        if channels not in (None, 1, 3):
+            raise UsageError(f"--channels {channels}: expected 1 (gray) or 3 (RGB)")
+        transform = _image_transform(image_size, normalize, channels)
         if text.startswith("torchvision:"):
             parts = text.split(":", 2)
             if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -93,20 +147,66 @@ class TorchDatasetSource:
                 ) from None
             self.description = f"torchvision.datasets.{name}({root!r}, {', '.join(f'{k}={v!r}' for k, v in kw.items() if k != 'transform')})"
         else:
-            root = Path(text)
+            root = folder or Path(text)
             if not root.is_dir():
                 raise InputError(f"--data {split}={text}: no such folder")
             try:
                 self.ds = torchvision.datasets.ImageFolder(str(root), transform=transform)
             except Exception as exc:
                 raise InputError(f"--data {split}={text}: not an image folder (FOLDER/<class>/<image>): {exc}") from None
-            self.description = f"ImageFolder {text}"
-        if image_size or normalize:
-            self.description += f" resize={image_size} normalize={normalize}"
+            self.description = f"ImageFolder {root}"
+            if classes is not None:
+                self._relabel(classes)
+            if not image_size:
+                self._fit_sizes(transform)
+        if image_size or normalize or channels:
+            self.description += f" resize={image_size} normalize={normalize}" + (f" channels={channels}" if channels else "")
         self.class_names = list(getattr(self.ds, "classes", []) or []) or None
         self.num_samples = len(self.ds)
         if self.num_samples == 0:
             raise InputError(f"--data {split}={text}: no samples")
+
+    def _relabel(self, classes: list[str]) -> None:
+        """Labels by their index in ``classes`` (the train folder's), not in this folder's own list."""
+        own = list(self.ds.classes)
+        extra = [c for c in own if c not in classes]
+        if extra:
+            raise InputError(
+                f"--data {self.split}={self.text}: class folders {', '.join(extra[:5])} are not among the train folder's "
+                f"{len(classes)} classes; every split must use the train folder's classes"
+            )
+        index = {c: classes.index(c) for c in own}
+        self.ds.samples = [(path, index[own[label]]) for path, label in self.ds.samples]
+        self.ds.imgs = self.ds.samples
+        self.ds.targets = [label for _, label in self.ds.samples]
+        self.ds.classes, self.ds.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
+        missing = [c for c in classes if c not in own]
+        if missing:
+            self.description += f" (no images of {len(missing)} of the {len(classes)} classes)"
+
+    def _fit_sizes(self, transform) -> None:
+        """Images of another size than the first are fitted to it (resize to cover, centre crop)."""
+        from PIL import Image
+
+        samples = self.ds.samples
+        if not samples:
+            return
+        picks = sorted({round(i * (len(samples) - 1) / 15) for i in range(16)})
+        sizes = []
+        for i in picks:
+            try:
+                with Image.open(samples[i][0]) as image:
+                    sizes.append((image.height, image.width))
+            except Exception as exc:
+                raise InputError(f"--data {self.split}={self.text}: cannot read image {samples[i][0]} ({exc})") from None
+        first = sizes[0]
+        transform.transforms.insert(0, FitSize(first))
+        self.description += f" fit={first[0]}x{first[1]}"
+        if any(size != first for size in sizes):
+            self.notes.append(
+                f"--data {self.split}={self.text}: the images differ in size; each is resized and centre-cropped to "
+                f"{first[0]}x{first[1]} (the first image's); give --image-size to choose"
+            )
 
     def label_range(self) -> tuple[int, int] | None:
         for attr in ("targets", "labels"):
