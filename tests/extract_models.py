@@ -189,3 +189,51 @@ class MaskedTokens(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
         pooled = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.fc(self.proj(pooled))
+
+
+class TokenEncoder(nn.Module):
+    """Tokens (N, L, P) through a per-token block, then the mean over the attention mask: the
+    block's output pooled by --pool avg (tokens) is the classifier's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, P)
+        self.block = nn.Sequential(nn.Linear(P, P), nn.Tanh())
+        self.fc = nn.Linear(P, C)
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.block(self.emb(input_ids))
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        return self.fc((tokens * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+class Deep(nn.Module):
+    """Eleven blocks (names blocks.0 .. blocks.10 sort out of forward order), registered
+    after the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(P, C)
+        self.stem = nn.Linear(IN, P)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Linear(P, P), nn.Tanh()) for _ in range(11)])
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)))
+
+
+class TinyLM(nn.Module):
+    """A causal language model in the transformers manner: embeddings, a per-token block, an
+    output layer tied to the embeddings (no bias), get_output_embeddings()."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, P)
+        self.block = nn.Sequential(nn.Linear(P, P), nn.Tanh())
+        self.lm_head = nn.Linear(P, VOCAB, bias=False)
+        self.lm_head.weight = self.emb.weight
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": self.lm_head(self.block(self.emb(input_ids)))}

@@ -78,7 +78,7 @@ def _measure(path: str, opts: LoadOptions) -> list[dict]:
     global_mean = opts.global_mean or "class"
     layers: list[str | None] = [None]
     if opts.by == "layer":
-        # the stored layers in file order, then the penultimate features (the deepest)
+        # the stored layers in forward order (as recorded at extraction), then the penultimate features
         layers = [*record.list_layers(path, split), None]
     return [
         record.measure_file(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows)
@@ -194,11 +194,15 @@ class Group:
 
 
 def group_by_file(runs: list[Run], order: str = "epoch") -> list[Group]:
-    """Groups of one file's runs (layers in the order given), groups ordered like runs."""
+    """Groups of one file's runs, groups ordered like runs. Layers in forward order: by the
+    ``layer_depth`` ncli extract records, then the runs without one (the penultimate features,
+    or files that record no depth) in the order given."""
     groups: dict[str, Group] = {}
     for run in runs:
         groups.setdefault(run.record["file"], Group(run.record["file"])).runs.append(run)
     out = list(groups.values())
+    for group in out:
+        group.runs.sort(key=lambda run: (run.record.get("layer_depth") is None, run.record.get("layer_depth") or 0))
     if order == "epoch":
         out.sort(key=lambda group: (*_position_key(group.runs[0].record), group.runs[0].position))
     return out

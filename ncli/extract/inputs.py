@@ -49,6 +49,11 @@ def batch_len(inputs: ModelInputs) -> int:
     return int(inputs.shape[0])
 
 
+def attention_mask(inputs: ModelInputs):
+    """The ``attention_mask`` of named inputs (None for a tensor, or without one)."""
+    return inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+
+
 def call_model(model: Callable, inputs: ModelInputs) -> Any:
     """``model(**inputs)`` for named inputs, ``model(inputs)`` for a tensor."""
     if isinstance(inputs, Mapping):

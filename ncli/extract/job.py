@@ -5,6 +5,7 @@ single-process run and each torchrun rank."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class Job:
     def extractor(self):
         return self.prepared.extractor
 
+    @property
+    def store_logits(self) -> bool:
+        return getattr(self.prepared.extractor, "stores_logits", True)
+
     def close(self) -> None:
         try:
             self.prepared.extractor.close()
@@ -73,7 +78,8 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
     if isinstance(data, dict):
         data = [f"{k}={v}" for k, v in data.items()]
     sources = open_sources(
-        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize
+        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
+        layout=options.layout, channels=options.channels,
     )
     extractor = None
     try:
@@ -99,7 +105,18 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         num_classes = extractor.num_classes
         if num_classes < 1:
             raise InputError(f"{checkpoint}: the classifier has no outputs")
+        sources = rows_for(extractor, sources)
+        if verbose:
+            for source in sources:
+                for text in getattr(source, "notes", ()):
+                    note(text)
         for source in sources:
+            names = getattr(source, "class_names", None)
+            if names and len(names) != num_classes:
+                raise InputError(
+                    f"--data {source.split}={source.text}: {len(names)} classes, but the model's classifier "
+                    f"{extractor.classifier!r} has {num_classes} outputs"
+                )
             labels = source.label_range()
             if labels is not None and (labels[0] < 0 or labels[1] >= num_classes):
                 bad = labels[1] if labels[1] >= num_classes else labels[0]
@@ -122,6 +139,24 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
             extractor.close()
         close_sources(sources)
         raise
+
+
+def rows_for(extractor, sources) -> list:
+    """The sources as the extractor makes rows: a causal LM's one row per predicted token
+    (labels: the next tokens); other models need labels in the data."""
+    if getattr(extractor, "token_rows", False):
+        from ncli.extract.data.tokens import NextTokenSource
+
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise UsageError("token-level rows of a causal language model are not extracted under torchrun yet; run one process")
+        return [NextTokenSource(source) for source in sources]
+    for source in sources:
+        if getattr(source, "y_key", "") is None:
+            raise InputError(
+                f"--data {source.split}={source.text}: no labels (y or labels, or y_{source.split}); only a causal "
+                "language model makes its own (the next tokens)"
+            )
+    return sources
 
 
 def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources, device, amp_dtype, batch_size, verbose) -> dict:
@@ -162,5 +197,6 @@ def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources
         "layer_pool": options.pool if layers else None,
         "world_size": 1,
     }
+    attrs.update({k: v for k, v in ckpt.details.items() if isinstance(v, (str, int, float))})
     attrs.update(extractor.extra_attrs())
     return {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}

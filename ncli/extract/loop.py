@@ -13,7 +13,7 @@ import numpy as np
 
 from ncli.console import note
 from ncli.errors import InputError
-from ncli.extract.inputs import pin_memory, to_device
+from ncli.extract.inputs import batch_len, pin_memory, to_device
 from ncli.extract.interrupt import InterruptGuard
 from ncli.extract.job import Job
 from ncli.extract.sink import AsyncDeviceToHost, Sink, host_arrays
@@ -71,7 +71,9 @@ def write_rows(
     # handled, so a run interrupted while writing could end by signal instead of exit 130.
     bar_context = progress_bar(progress)
     interrupt = InterruptGuard()  # from before the temporary file exists until it is committed
-    with interrupt, FeatureWriter(path, num_classes=num_classes, force=force, attrs=attrs, compression=options.compression) as writer:
+    with interrupt, FeatureWriter(
+        path, num_classes=num_classes, force=force, attrs=attrs, compression=options.compression, layer_attrs=extractor.layer_attrs,
+    ) as writer:
         writer.set_classifier(job.weight, job.bias)
         if job.class_names is not None:
             writer.set_class_names(job.class_names)
@@ -81,7 +83,7 @@ def write_rows(
         total = 0
         # inline checks/writes when torch already keeps every CPU busy (no core to spare)
         spare_core = device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
-        sink = Sink(writer, W64, b64, max(options.flush_rows, batch_size), threaded=spare_core)
+        sink = Sink(writer, W64, b64, max(options.flush_rows, batch_size), threaded=spare_core, store_logits=job.store_logits)
         sink.start()
         try:
             with bar_context as bar, torch.inference_mode(), job.autocast:
@@ -104,7 +106,7 @@ def write_rows(
                             sink.put(source.split, pending=device_to_host.start(h, z, layers), labels=labels, index=batch.index)
                         else:
                             sink.put(source.split, labels=labels, index=batch.index, **host_arrays(h, z, layers))
-                        bar.advance(task, len(labels))
+                        bar.advance(task, batch_len(batch.inputs))  # source rows (a causal LM's sequences)
                         total += len(labels)
                         interrupt.check()
                 sink.finish()
@@ -115,7 +117,7 @@ def write_rows(
             feature_dtype = np.float64 if str(extractor.dtype) == "torch.float64" else np.float32
             writer.append(
                 job.sources[0].split, features=np.zeros((0, job.feature_dim), feature_dtype), labels=np.zeros(0, np.int64),
-                logits=np.zeros((0, num_classes), np.float32), index=np.zeros(0, np.int64),
+                logits=np.zeros((0, num_classes), np.float32) if job.store_logits else None, index=np.zeros(0, np.int64),
             )
         elapsed = time.perf_counter() - t0
         writer.set_attrs(

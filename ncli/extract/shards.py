@@ -96,7 +96,8 @@ def assemble(job, run_id: str, world_size: int, backend: str) -> int:
         nonfinite = sum(s[2] for s in stats)
         total = 0
         with FeatureWriter(
-            out, num_classes=job.num_classes, force=job.options.force, attrs=attrs, compression=job.options.compression
+            out, num_classes=job.num_classes, force=job.options.force, attrs=attrs, compression=job.options.compression,
+            layer_attrs=job.extractor.layer_attrs,
         ) as writer:
             writer.set_classifier(job.weight, job.bias)
             if job.class_names is not None:

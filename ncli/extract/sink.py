@@ -30,7 +30,8 @@ class _Buffer:
         if len(self.parts) == 1:
             joined = self.parts[0]
         else:
-            joined = {k: np.concatenate([p[k] for p in self.parts]) for k in ("features", "labels", "logits", "index")}
+            joined = {k: np.concatenate([p[k] for p in self.parts]) for k in ("features", "labels", "index")}
+            joined["logits"] = None if self.parts[0]["logits"] is None else np.concatenate([p["logits"] for p in self.parts])
             names = self.parts[0]["layers"].keys()
             joined["layers"] = {n: np.concatenate([p["layers"][n] for p in self.parts]) for n in names}
         self.writer.append(
@@ -121,10 +122,14 @@ class Sink(threading.Thread):
     (torch and numpy release the GIL). Bounded queue: memory stays a few batches."""
 
     def __init__(
-        self, writer, W64: np.ndarray, b64: np.ndarray | None, flush_rows: int, maxsize: int = 4, threaded: bool = True
+        self, writer, W64: np.ndarray, b64: np.ndarray | None, flush_rows: int, maxsize: int = 4, threaded: bool = True,
+        store_logits: bool = True,
     ):
         super().__init__(name="ncli-writer", daemon=True)
         self.writer, self.W64, self.b64, self.flush_rows = writer, W64, b64, flush_rows
+        # False (a causal LM over its vocabulary): a batch's logits are those of its first rows,
+        # for the check only, and are not written
+        self.store_logits = store_logits
         # threaded=False: the checks and writes run inline in the caller. Better when torch
         # already uses every core: a third busy thread makes torch's OpenMP workers wait.
         self.threaded = threaded
@@ -162,6 +167,8 @@ class Sink(threading.Thread):
             return
 
     def _check(self, H: np.ndarray, Z: np.ndarray) -> None:
+        self.nonfinite += int((~np.isfinite(H).all(axis=1)).sum())
+        H = H[: len(Z)]  # the rows whose logits came along
         rec = H.astype(np.float64, copy=False) @ self.W64.T
         if self.b64 is not None:
             rec += self.b64
@@ -173,7 +180,6 @@ class Sink(threading.Thread):
             self.max_err = max(self.max_err, float(diff[finite].max()))
         abs_logits = np.abs(Z)
         self.max_logit = max(self.max_logit, float(abs_logits[np.isfinite(abs_logits)].max(initial=0.0)))
-        self.nonfinite += int((~np.isfinite(H).all(axis=1)).sum())
 
     def run(self) -> None:
         try:
@@ -193,6 +199,8 @@ class Sink(threading.Thread):
         if pending is not None:  # CUDA: wait for this batch's device-to-host copy
             arrays.update(pending.wait())
         self._check(arrays["features"], arrays["logits"])
+        if not self.store_logits:
+            arrays["logits"] = None
         buf = self.buffers.get(split)
         if buf is None:
             for other in self.buffers.values():  # splits are written one after another

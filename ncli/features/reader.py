@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -27,7 +27,8 @@ class SplitInfo:
     dtype: np.dtype
     has_logits: bool
     has_index: bool
-    layers: tuple[str, ...]
+    layers: tuple[str, ...]  # in forward order when the file records each layer's depth
+    layer_depths: Mapping[str, int] = field(default_factory=dict)  # the layers' ``depth`` attributes
 
 
 @dataclass
@@ -185,6 +186,7 @@ class FeatureFile:
             if not isinstance(ix, h5py.Dataset) or ix.shape != (n,) or ix.dtype.kind not in "iu":
                 raise self._fail(f"{where}: index must be an integer dataset of shape ({n},)")
         layers: list[str] = []
+        depths: dict[str, int] = {}
         if "layers" in g and isinstance(g["layers"], h5py.Group):
             for lname, ds in g["layers"].items():
                 if not isinstance(ds, h5py.Dataset):
@@ -195,7 +197,15 @@ class FeatureFile:
                         f"{ds.dtype} {ds.shape}"
                     )
                 layers.append(lname)
-        return SplitInfo(name, n, p, feats.dtype, has_logits, has_index, tuple(layers))
+                try:
+                    depth = attr_int(ds.attrs.get("depth"))
+                except (OSError, TypeError, ValueError, KeyError):
+                    depth = None
+                if depth is not None:
+                    depths[lname] = depth
+        # forward order (the depth ncli extract records), then the rest in file order
+        layers.sort(key=lambda lname: (lname not in depths, depths.get(lname, 0)))
+        return SplitInfo(name, n, p, feats.dtype, has_logits, has_index, tuple(layers), depths)
 
     # -- access ----------------------------------------------------------------------
     @property

@@ -41,7 +41,9 @@ class FeatureWriter:
         attrs: Mapping | None = None,
         compression: str | None = None,
         features_dtype=None,
+        layer_attrs: Mapping[str, Mapping] | None = None,
     ):
+        """``layer_attrs``: attributes of each /<split>/layers/<name> dataset (e.g. its depth)."""
         if compression not in (None, "lzf", "gzip"):
             raise ValueError(f"compression must be None, 'lzf' or 'gzip', not {compression!r}")
         self.path = check_output_path(path, force)
@@ -52,6 +54,7 @@ class FeatureWriter:
         self.tmp = temp_path_for(self.path)
         self._h5: h5py.File | None = None
         self._attrs = dict(attrs or {})
+        self._layer_attrs = {name: dict(values) for name, values in (layer_attrs or {}).items()}
         self._rows: dict[str, int] = {}
 
     def __enter__(self) -> "FeatureWriter":
@@ -179,7 +182,11 @@ class FeatureWriter:
             a = a.reshape(a.shape[0], -1)
             if a.dtype.kind != "f":
                 a = a.astype(np.float32)
-            self._append_ds(g.require_group("layers"), lname, a, start)
+            layers = g.require_group("layers")
+            self._append_ds(layers, lname, a, start)
+            if start == 0:
+                for key, value in self._layer_attrs.get(lname, {}).items():
+                    layers[lname].attrs[key] = np.int64(value) if isinstance(value, int) else str(value)
         self._rows[split] = start + H.shape[0]
 
     # -- completion ------------------------------------------------------------------------

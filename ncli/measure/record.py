@@ -25,7 +25,8 @@ SCHEMA = "ncli.measure/1"
 
 
 def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
-    """Names of the intermediate layers stored for ``split`` (for ``--layer all``)."""
+    """Names of the intermediate layers stored for ``split`` (for ``--layer all``), in forward
+    order when the file records each layer's depth."""
     with FeatureFile(path) as ff:
         layers = list(ff.split(split).layers)
     if not layers:
@@ -101,6 +102,8 @@ def measure_file(
             "step": ff.step,
             "layer": layer if layer is not None else ff.feature_layer,
         }
+        if layer is not None and layer in info.layer_depths:  # its place in the forward pass
+            source["layer_depth"] = info.layer_depths[layer]
     return build_record(
         source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names
     )
@@ -180,6 +183,8 @@ def validate_record(obj, where: str) -> dict:
     for key in ("epoch", "step"):
         if not _is_int_or_none(obj.get(key)):
             raise InputError(f"{where}: measure record: {key!r} must be an integer or null, not {obj.get(key)!r}")
+    if not _is_int_or_none(obj.get("layer_depth")):
+        raise InputError(f"{where}: measure record: 'layer_depth' must be an integer or null, not {obj.get('layer_depth')!r}")
     for key in ("layer", "train_split", "global_mean"):
         if not (obj.get(key) is None or isinstance(obj.get(key), str)):
             raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")

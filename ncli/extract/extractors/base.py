@@ -5,6 +5,7 @@ features·Wᵀ + b reproduces the logits, and pooling of --layer outputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Mapping
 
 import torch
@@ -14,7 +15,11 @@ import torch.nn.functional as F
 from ncli.errors import InputError, NcliError, RefusedError
 from ncli.extract.inputs import ModelInputs, describe
 
-POOLS = ("none", "avg", "max")
+# none: flatten. avg/max: over the dims after (N, C) of a channels-first output (N, C, H, W),
+# or over the tokens of a token layout (N, L, D). mean/cls/last: token layouts only: the mean
+# over the attention mask, the first token, the last token the mask keeps.
+POOLS = ("none", "avg", "max", "mean", "cls", "last")
+TOKEN_POOLS = ("mean", "cls", "last")
 
 
 @dataclass
@@ -42,6 +47,11 @@ class Extractor:
     fixed_batch: int | None = None  # programs exported for one batch size only
     first_batch_error: float | None = None
     rows: list[LinearRow]
+    # per --layer: {"depth": position of its output in the forward pass among the stored layers,
+    # "pooled": how its rows were made}; written as attributes of /<split>/layers/<name>
+    layer_attrs: Mapping[str, dict] = MappingProxyType({})  # each extractor sets its own
+    stores_logits = True  # False: the logits are used for the check but not stored
+    token_rows = False  # True: one row per predicted token (causal LMs; data.tokens makes the labels)
     # True when the classifier is found without running the model (a graph is read), so the
     # layer table's calls/output columns are known before any forward pass
     found_statically = False
@@ -98,9 +108,46 @@ def output_tensor(out) -> tuple[torch.Tensor | None, str]:
     return None, f"the model returns a {type(out).__name__}, not a tensor"
 
 
-def pool_layer(t: torch.Tensor, pool: str) -> torch.Tensor:
-    """A --layer output as one row per sample: averaged or maxed over dims 2.., then flattened."""
-    if t.ndim > 2 and pool == "avg":
+def is_token_layout(shape, pool: str, token_model: bool, feature_dim: int | None) -> bool:
+    """Whether a 3-D --layer output (N, A, B) holds tokens (N, L, D), not channels first
+    (N, C, L): the model is known to work on tokens (a transformers model), a token pool was
+    asked for, or its last dim is the classifier's input size p and its middle one is not."""
+    if len(shape) != 3:
+        return False
+    if token_model or pool in TOKEN_POOLS:
+        return True
+    return feature_dim is not None and shape[-1] == feature_dim and shape[1] != feature_dim
+
+
+def describe_pool(shape, pool: str, tokens: bool, masked: bool) -> str:
+    """How a layer's rows were made (the file's per-layer ``pooled`` attribute)."""
+    if pool == "none" or len(shape) <= 2:
+        return "flattened" if len(shape) > 2 else "as is"
+    if tokens:
+        over = {"avg": "mean", "mean": "mean"}.get(pool, pool)
+        return f"tokens: {over}" + (" over the attention mask" if masked and pool != "cls" else "")
+    return f"{pool} over dims 2..{len(shape) - 1}"
+
+
+def pool_layer(t: torch.Tensor, pool: str, *, tokens: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A --layer output as one row per sample. Channels first (N, C, ...): avg or max over the
+    dims after C. Tokens (N, L, D): mean (avg), max, cls or last over L, the padding left out
+    where an attention mask (N, L) is given. Then flattened."""
+    if pool != "none" and tokens and t.ndim == 3:
+        keep = mask.to(device=t.device, dtype=torch.bool) if mask is not None and tuple(mask.shape) == tuple(t.shape[:2]) else None
+        if pool == "cls":
+            t = t[:, 0]
+        elif pool == "last":
+            last = (keep.long() * torch.arange(t.shape[1], device=t.device)).argmax(1) if keep is not None else None
+            t = t[:, -1] if last is None else t[torch.arange(t.shape[0], device=t.device), last]
+        elif pool == "max":
+            t = t.amax(1) if keep is None else t.masked_fill(~keep[..., None], float("-inf")).amax(1)
+        elif keep is None:
+            t = t.mean(1)
+        else:
+            weights = keep[..., None].to(t.dtype)
+            t = (t * weights).sum(1) / weights.sum(1).clamp(min=1)
+    elif t.ndim > 2 and pool in ("avg", "mean"):
         t = t.mean(dim=tuple(range(2, t.ndim)))
     elif t.ndim > 2 and pool == "max":
         t = t.amax(dim=tuple(range(2, t.ndim)))

@@ -5,39 +5,60 @@ output *is* the tensor the model returns (or a view of it; for a tuple/list outp
 tensor, for a dict or an object with ``logits``, that). Its input, captured by the hook, is the
 penultimate feature. ``--classifier NAME`` overrides. The chosen module must be an
 ``nn.Linear`` whose input is (N, p), and features·Wᵀ + b must reproduce its output.
+
+--layer modules are hooked on that batch too: the order their outputs appear in is their depth,
+and their shapes say how they are pooled (channels first, or tokens: see ``base.pool_layer``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from ncli.errors import RefusedError, UsageError
 from ncli.extract.extractors.base import (
-    Extractor, LinearRow, check_reconstruction, first_forward, guessed_input, model_dtype, output_tensor, pool_layer,
+    TOKEN_POOLS, Extractor, LinearRow, check_reconstruction, describe_pool, first_forward, guessed_input,
+    is_token_layout, model_dtype, output_tensor, pool_layer,
 )
-from ncli.extract.inputs import ModelInputs, batch_len, call_model
+from ncli.extract.inputs import ModelInputs, attention_mask, batch_len, call_model
 
 
 def _first_tensor(obj):
+    """A module's output tensor: the tensor, or the first one of a tuple, list or dict (a
+    transformers ModelOutput is a dict: its first entry, e.g. last_hidden_state)."""
     if isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, (tuple, list)):
-        for v in obj:
-            if isinstance(v, torch.Tensor):
-                return v
+    values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (tuple, list)) else ()
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
     return None
+
+
+def is_transformers_model(model) -> bool:
+    """A transformers PreTrainedModel (its layers' 3-D outputs are tokens), told without importing it."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers") for c in type(model).__mro__)
 
 
 class EagerExtractor(Extractor):
     kind = "eager"
 
-    def __init__(self, model: nn.Module, classifier: str | None = None, layers=(), pool: str = "none", amp: bool = False):
+    def __init__(
+        self, model: nn.Module, classifier: str | None = None, layers=(), pool: str = "none", amp: bool = False,
+        *, token_layout: bool | None = None, sample=None,
+    ):
+        """``token_layout``: the model's 3-D layer outputs are (N, L, D) tokens (None: a
+        transformers model's are). ``sample``: (inputs, how) for ``ncli inspect`` without data."""
         self.model = model.eval()
         self.amp = amp
         self.pool = pool
+        self.token_model = is_transformers_model(model) if token_layout is None else token_layout
+        self.sample = sample
+        self.layer_attrs: dict[str, dict] = {}
+        self._layer_tokens: dict[str, bool] = {}
+        self._mask = None
         self.modules = dict(model.named_modules())
         self.linear_names = [n for n, m in self.modules.items() if isinstance(m, nn.Linear)]
         self.requested = classifier
@@ -72,7 +93,7 @@ class EagerExtractor(Extractor):
         return int(sum(p.numel() for p in self.model.parameters()))
 
     def sample_input(self):
-        return guessed_input(self.model)
+        return self.sample if self.sample is not None else guessed_input(self.model)
 
     def _forward(self, inputs: ModelInputs):
         return call_model(self.model, inputs)
@@ -89,7 +110,18 @@ class EagerExtractor(Extractor):
 
             return hook
 
+        seen: dict[str, tuple[int, tuple | None]] = {}  # --layer: (first call, output shape)
+
+        def watch(name):
+            def hook(mod, args, out):
+                counter[0] += 1
+                t = _first_tensor(out)
+                seen.setdefault(name, (counter[0], tuple(t.shape) if isinstance(t, torch.Tensor) else None))
+
+            return hook
+
         handles = [self.modules[n].register_forward_hook(make(n), with_kwargs=True) for n in self.linear_names]
+        handles += [self.modules[n].register_forward_hook(watch(n)) for n in self.layer_names]
         try:
             out = first_forward(self._forward, inputs)
         finally:
@@ -151,7 +183,26 @@ class EagerExtractor(Extractor):
         self.weight = mod.weight.detach()
         self.bias = None if mod.bias is None else mod.bias.detach()
         self.first_batch_error = check_reconstruction(name, h, logits, self.weight, self.bias, self.amp)
+        self._describe_layers(seen, inputs)
         self._install(name)
+
+    def _describe_layers(self, seen: dict, inputs: ModelInputs) -> None:
+        """Depth (forward order) and pooling of each --layer, from the first batch."""
+        for lname in self.layer_names:
+            if lname not in seen:
+                raise RefusedError(f"--layer {lname}: the module is not called in the model's forward pass")
+        order = sorted(self.layer_names, key=lambda lname: seen[lname][0])
+        masked = attention_mask(inputs) is not None
+        for lname in self.layer_names:
+            shape = seen[lname][1] or ()
+            tokens = is_token_layout(shape, self.pool, self.token_model, self.feature_dim)
+            if self.pool in TOKEN_POOLS and len(shape) > 2 and not tokens:
+                raise UsageError(
+                    f"--layer {lname}: --pool {self.pool} pools tokens (N, L, D), the module's output is {shape}; "
+                    "use --pool avg or max for channels-first outputs"
+                )
+            self._layer_tokens[lname] = tokens
+            self.layer_attrs[lname] = {"depth": order.index(lname), "pooled": describe_pool(shape, self.pool, tokens, masked)}
 
     def _install(self, name: str) -> None:
         def classifier_hook(mod, args, kwargs, out):
@@ -163,7 +214,7 @@ class EagerExtractor(Extractor):
                 # pooled (or copied) now: a later in-place op (ReLU(inplace=True)) must not change it
                 t = _first_tensor(out)
                 if isinstance(t, torch.Tensor) and t.ndim >= 1:
-                    pooled = pool_layer(t, self.pool)
+                    pooled = pool_layer(t, self.pool, tokens=self._layer_tokens.get(_name, False), mask=self._mask)
                     self._layer_out[_name] = pooled.clone() if pooled.data_ptr() == t.data_ptr() else pooled
                 else:
                     self._layer_out[_name] = None
@@ -173,6 +224,7 @@ class EagerExtractor(Extractor):
     def __call__(self, inputs: ModelInputs):
         self._captured = None
         self._layer_out.clear()
+        self._mask = attention_mask(inputs)
         call_model(self.model, inputs)
         if self._captured is None:
             raise RuntimeError(f"the classifier {self.classifier!r} was not called for this batch")

@@ -14,7 +14,9 @@ from typing import Any, Mapping
 import torch
 
 from ncli.errors import RefusedError, UsageError
-from ncli.extract.extractors.base import Extractor, LinearRow, check_reconstruction, first_forward, pool_layer
+from ncli.extract.extractors.base import (
+    TOKEN_POOLS, Extractor, LinearRow, check_reconstruction, describe_pool, first_forward, is_token_layout, pool_layer,
+)
 from ncli.extract.inputs import ModelInputs
 
 
@@ -149,6 +151,17 @@ class ExportExtractor(Extractor):
             if len(exits) != 1:
                 raise RefusedError(f"{path}: --layer {lname}: the module's output is not a single node in the exported graph")
             layer_nodes.append(exits[0])
+        position = {n: i for i, n in enumerate(nodes)}
+        ranked = sorted(range(len(layer_nodes)), key=lambda i: position[layer_nodes[i]])
+        self._layer_tokens: dict[str, bool] = {}
+        self.layer_attrs: dict[str, dict] = {}
+        for i, (lname, node) in enumerate(zip(self.layer_names, layer_nodes)):
+            shape = tuple(getattr(node.meta.get("val"), "shape", ()) or ())
+            tokens = is_token_layout(shape, pool, False, int(self.weight.shape[1]))
+            if pool in TOKEN_POOLS and len(shape) > 2 and not tokens:
+                raise UsageError(f"{path}: --layer {lname}: --pool {pool} pools tokens (N, L, D), the output is {shape}")
+            self._layer_tokens[lname] = tokens
+            self.layer_attrs[lname] = {"depth": ranked.index(i), "pooled": describe_pool(shape, pool, tokens, False)}
         g = torch.fx.Graph()
         env: dict = {}
         g.graph_copy(graph, env)
@@ -187,5 +200,5 @@ class ExportExtractor(Extractor):
             pad = x[-1:].expand(self.fixed_batch - n, *x.shape[1:])
             x = torch.cat([x, pad], 0)
         h, z, *outs = self.capture(x)
-        layers = {name: pool_layer(t, self.pool)[:n] for name, t in zip(self.layer_names, outs)}
+        layers = {name: pool_layer(t, self.pool, tokens=self._layer_tokens[name])[:n] for name, t in zip(self.layer_names, outs)}
         return h[:n], z[:n], layers
