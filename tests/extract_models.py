@@ -237,3 +237,15 @@ class TinyLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return {"logits": self.lm_head(self.block(self.emb(input_ids)))}
+
+
+class TinyCNN(nn.Module):
+    """Images (N, channels, H, W) of any size: a conv, global average pooling, the classifier."""
+
+    def __init__(self, channels: int = 3, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x))

@@ -5,7 +5,7 @@ SPEC forms:
   pkg.module:Name          a class or factory in an importable module (the current folder is
                            tried too, as ``python -m`` would)
   torchvision:NAME         ``torchvision.models.get_model(NAME, weights=None)``   [vision extra]
-  timm:NAME                ``timm.create_model(NAME, pretrained=False)``          [timm]
+  timm:NAME                ``timm.create_model(NAME, pretrained=False)``          [timm extra]
 
 ``Name`` is called with no arguments unless ``--arch-arg key=value`` are given; values are
 Python literals (``10``, ``0.5``, ``True``, ``'x'``, ``(3, 32)``) or else plain strings.
@@ -139,7 +139,7 @@ def build_model(spec_text: str, arch_args: dict[str, Any] | None = None):
         try:
             import timm
         except ImportError:
-            raise EnvironmentProblem(f"--arch {spec_text} needs timm: pip install timm") from None
+            raise EnvironmentProblem(f"--arch {spec_text} needs timm: {install_hint('timm')}") from None
         if not timm.is_model(name):
             raise InputError(f"--arch {spec_text}: timm has no model {name!r}")
         factory = lambda **kw: timm.create_model(name, pretrained=False, **kw)  # noqa: E731

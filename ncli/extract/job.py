@@ -92,6 +92,9 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
 
         prepared = prepare(checkpoint, options)
         ckpt, extractor = prepared.checkpoint, prepared.extractor
+        if verbose and ckpt.details.get("ema_weights") and not options.ema:
+            note(f"{checkpoint} also holds EMA weights ({ckpt.details['ema_weights']}); extracting the raw ones, "
+                 f"from {ckpt.container_key or 'the top level'}; --ema for the averaged ones")
         extractor.to(device)
         autocast_context, amp_dtype = autocast(device, options.amp)
         batch_size = options.batch_size

@@ -83,7 +83,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     """{split: folder} when ``root`` is a dataset root of split folders (train/, test/, ...)
     that each hold class folders; {} for an ordinary image folder."""
     try:
-        subs = sorted(entry for entry in os.scandir(root) if entry.is_dir())
+        subs = sorted((entry for entry in os.scandir(root) if entry.is_dir()), key=lambda entry: entry.name)
     except OSError:
         return {}
     if not subs or not {e.name for e in subs} <= SPLIT_FOLDERS:
