@@ -135,7 +135,7 @@ def extract(
 
 @command()
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     arch_arg: List[str] = typer.Option([], "--arch-arg", help="key=value passed to the --arch class/factory; repeatable."),
     ema: bool = typer.Option(False, "--ema", help="Inspect the EMA weights."),

@@ -78,7 +78,7 @@ class PixelTransform:
 
     def __call__(self, t):
         import torch
-        import torch.nn.functional as F
+        from torch.nn import functional
 
         t = t.float() / 255.0 if self.scale else t
         if self.add_channel:
@@ -101,7 +101,7 @@ class PixelTransform:
                 short = min(height, width)
                 new = (size, max(size, int(size * width / short))) if height <= width else (max(size, int(size * height / short)), size)
                 if new != (height, width):
-                    t = F.interpolate(t.float(), size=new, mode="bilinear", antialias=True, align_corners=False).to(t.dtype)
+                    t = functional.interpolate(t.float(), size=new, mode="bilinear", antialias=True, align_corners=False).to(t.dtype)
                 top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
                 t = t[..., top:top + size, left:left + size]
         if self.options.normalize is not None:
