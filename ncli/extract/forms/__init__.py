@@ -4,6 +4,7 @@
   torch_save   state_dict (torch.save, zip or legacy, weights-only) and pickled module (--trust-checkpoint)
   safetensors  .safetensors weights
   torchscript  TorchScript archives
+  script_audit proving a TorchScript archive's code harmless before it is loaded (operator allowlist)
   export       torch.export programs (.pt2)
   sandbox      loading what may hold code without running it (pickle scans, weights-only forcing,
                the shape-formula guard)
