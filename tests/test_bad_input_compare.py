@@ -216,3 +216,98 @@ def test_bad_options(tmp_path, good, record, case):
     before = snapshot(tmp_path)
     res = _compare("-", *extra, input=json.dumps(record) + "\n")
     check_clean_failure(res, code, needle, tmp_path, before)
+
+
+# -------------------------------------------------------------------- names are text (issue 15)
+
+HOSTILE = "x[/]y[bold]z\x1b]0;pwned\x07\x1b[2J\u202e"  # rich markup, a retitle, clear screen, bidi
+
+
+def _hostile_record(record):
+    r = json.loads(json.dumps(record))
+    r["file"] = f"runs/{HOSTILE}.h5"
+    r["layer"] = HOSTILE
+    r["metrics"][HOSTILE] = 1.5
+    r["splits"][HOSTILE] = dict(r["splits"]["train"])
+    return r
+
+
+@pytest.mark.parametrize("fmt", [[], ["--by", "layer"]])
+def test_names_from_records_are_shown_as_text(tmp_path, record, fmt):
+    text = json.dumps(record) + "\n" + json.dumps(_hostile_record(record)) + "\n"
+    res = _compare("-", *fmt, input=text)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out  # nothing reaches the terminal raw
+    assert "x[/]y[bold]z\\x1b]0;pwned\\x07\\x1b[2J\\u202e" in out  # the name, as written, escaped
+    assert "Traceback" not in res.stderr
+
+
+def test_error_messages_escape_names_from_records(tmp_path, record):
+    res = _compare("-", "--split", "test", input=json.dumps(_hostile_record(record)) + "\n")
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "\x1b" not in res.stderr and "\\x1b]0;pwned" in res.stderr
+
+
+def test_a_feature_file_path_with_markup_is_text(tmp_path, rng):
+    folder = tmp_path / "a[bold]["
+    folder.mkdir()
+    path = _valid(folder / "]b.h5", rng)  # the path reads a[bold][/]b.h5
+    for args in (["measure", str(path)], ["measure", str(path), "--per-class"], ["compare", str(path), str(path)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (args, res.stderr)
+        assert "a[bold][/]b.h5" in res.stdout.replace("\n", "") or "]b.h5" in res.stdout
+
+
+def test_class_names_are_text(tmp_path, rng):
+    path = _valid(tmp_path / "f.h5", rng)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("class_names", data=["[/]", "\x1b[2Jcat", "[red]dog"], dtype=h5py.string_dtype("utf-8"))
+    res = runner.invoke(app, ["measure", str(path), "--per-class"])
+    assert res.exit_code == 0, res.stderr
+    assert "[/]" in res.stdout and "\\x1b[2Jcat" in res.stdout and "[red]dog" in res.stdout and "\x1b" not in res.stdout
+
+
+# -------------------------------------------------------------------- CSV formula injection (issue 15)
+
+
+def test_csv_cells_are_never_formulas_and_numbers_stay_numbers(tmp_path, record):
+    import csv
+    import io
+
+    r = json.loads(json.dumps(record))
+    r["file"] = "=cmd|' /C calc'!A0.h5"
+    r["layer"] = "@SUM(A1:A9)"
+    r["epoch"] = -3
+    r["metrics"] = {"+evil": -0.25, "\tmetric": 2.0, "nc1": 0.5}
+    r["splits"] = {"-split": dict(record["splits"]["train"]), "\rtrain": dict(record["splits"]["train"])}
+    r["train_split"] = "-split"
+    res = _compare("-", "--csv", input=json.dumps(r) + "\n")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert rows
+    for row in rows:
+        for column in ("run", "layer", "split", "metric"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), row
+        float(row["value"])  # every value is a number
+        assert row["epoch"] == "-3"
+    assert {row["run"] for row in rows} == {"'=cmd|' /C calc'!A0.h5"}
+    assert {row["metric"] for row in rows} >= {"'+evil", "\\tmetric", "nc1"}  # control characters escaped
+    assert {row["split"] for row in rows} == {"'-split", "\\rtrain"}
+    assert [row["value"] for row in rows if row["metric"] == "'+evil"] == ["-0.25"]
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(io.StringIO(res.stdout))
+    assert str(frame["value"].dtype) == "float64" and str(frame["epoch"].dtype) == "int64"
+    assert frame.loc[frame["metric"] == "'+evil", "value"].tolist() == [-0.25]
+
+
+@pytest.mark.parametrize("by", ["run", "layer"])
+def test_names_in_figures_are_text_not_math(tmp_path, record, by):
+    pytest.importorskip("matplotlib")
+    r = json.loads(json.dumps(record))
+    r["file"] = "$\\frac{a$.h5"
+    r["splits"]["$\\foo{$\x1b"] = dict(r["splits"]["train"])
+    target = tmp_path / "fig.png"
+    res = _compare("-", "--by", by, "--plot", target, input=json.dumps(r) + "\n")
+    assert res.exit_code == 0, res.stderr
+    assert target.exists() and res.stderr == f"ncli: wrote {target}\n"
