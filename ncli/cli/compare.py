@@ -73,6 +73,11 @@ def compare(
         from ncli.compare.plot import check_plot_path, require_matplotlib
 
         plot_path = check_plot_path(plot, force)
+        from ncli.outputs import same_file
+
+        for source in inputs:
+            if source != "-" and same_file(source, plot_path):
+                raise UsageError(f"--plot {plot}: is also an input; the figure would replace it")
         require_matplotlib()  # fail before measuring anything
 
     opts = LoadOptions(

@@ -20,7 +20,7 @@ from pathlib import Path
 from ncli.console import install_hint, printable
 from ncli.errors import EnvironmentProblem, UsageError
 from ncli.measure.registry import EPOCH_PANELS, LAYER_PANELS, METRICS, SPLIT_NUMBERS, Panel
-from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
+from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for, write_failure
 
 MEANS_COLOR = "tab:blue"  # the paper's colour for class means
 CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
@@ -268,6 +268,11 @@ def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int =
     try:
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
         commit(tmp, out, force=force)
+    except OSError as exc:  # a full disk: one line naming the figure
+        problem = write_failure(out, exc)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         tmp.unlink(missing_ok=True)
     return out
