@@ -143,6 +143,10 @@ RECORD_CASES = {
     "JSON nested too deeply": (lambda r: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "truncated JSON": (lambda r: json.dumps(r)[:-10], "not JSON"),
     "two records on one line": (lambda r: json.dumps(r) + " " + json.dumps(r), "not JSON"),
+    # issue 15: integers no float (or HDF5 attribute) can hold
+    "a 400-digit metric": (lambda r: json.dumps(r).replace('"nc1": ', '"nc1": ' + "9" * 400 + ", \"was\": ", 1), "not a number (int64 or float)"),
+    "a 400-digit epoch": (lambda r: json.dumps(_with(r, epoch=10**400)), "'epoch' must be an integer (int64)"),
+    "a split value of 2^63": (lambda r: json.dumps(_with(r, splits={"train": {"accuracy": 2**63}})), "not a number (int64 or float)"),
 }
 
 
@@ -311,3 +315,76 @@ def test_names_in_figures_are_text_not_math(tmp_path, record, by):
     res = _compare("-", "--by", by, "--plot", target, input=json.dumps(r) + "\n")
     assert res.exit_code == 0, res.stderr
     assert target.exists() and res.stderr == f"ncli: wrote {target}\n"
+
+
+# -------------------------------------------------------------------- endless inputs, pipes, the --plot target (issue 15)
+
+
+def test_an_endless_line_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    from ncli.compare import load
+
+    monkeypatch.setattr(load, "MAX_LINE_BYTES", 1 << 20)
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare("/dev/zero"), 3, "/dev/zero: a line longer than 1 MiB", tmp_path, before)
+    check_clean_failure(_compare("-", input=b"\x00" * (3 << 20)), 3, "stdin: a line longer than 1 MiB", tmp_path, before)
+
+
+def test_records_from_a_pipe(tmp_path, record):
+    """`ncli compare <(ncli measure ... --json)`: a FIFO is read as JSON lines, never as HDF5."""
+    import os
+    import threading
+
+    fifo = tmp_path / "records"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:
+            f.write(json.dumps(record) + "\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    res = _compare(fifo, "--json")
+    writer.join(10)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["runs"][0]["file"] == record["file"]
+
+
+def test_plot_onto_one_of_the_inputs_is_refused(tmp_path, good, record):
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs.svg"
+    runs.write_text(json.dumps(record) + "\n")
+    link = tmp_path / "again.svg"
+    link.symlink_to(runs)
+    before = snapshot(tmp_path)
+    for target in (runs, link):
+        check_clean_failure(_compare(runs, "--plot", target, "--force"), 2, "is also an input", tmp_path, before)
+
+
+def test_plot_never_replaces_a_device(tmp_path, good):
+    pytest.importorskip("matplotlib")
+    import os
+
+    fifo = tmp_path / "fig.png"
+    os.mkfifo(fifo)
+    res = _compare(good, "--plot", fifo, "--force")
+    assert res.exit_code == 3 and "is a FIFO, not a regular file" in res.stderr, res.stderr
+    import stat
+
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_the_leftover_of_a_killed_plot_is_removed_by_the_next(tmp_path, good):
+    """A SIGKILLed `compare --plot` leaves .ncli-tmp-<pid>-<hex>-fig.png (its process is gone):
+    the next compare --plot in that folder removes it, as extract does for feature files."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ncli-tmp-{dead.pid}-0123abcd-fig.png"
+    stale.write_bytes(b"half a figure")
+    res = _compare(good, "--plot", tmp_path / "other.png")
+    assert res.exit_code == 0, res.stderr
+    assert not stale.exists() and (tmp_path / "other.png").exists()
+    assert not list(tmp_path.glob(".ncli-tmp-*"))
