@@ -52,6 +52,8 @@ def check_output_path(path: str | os.PathLike, force: bool) -> Path:
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     try:
+        if len(out.name.encode()) > name_max(parent if parent.is_dir() else "."):
+            raise InputError(f"{out}: the file name is longer than the file system allows ({name_max(parent)} bytes)")
         try:
             mode = os.lstat(out).st_mode
         except (FileNotFoundError, NotADirectoryError):
@@ -70,8 +72,6 @@ def check_output_path(path: str | os.PathLike, force: bool) -> Path:
             raise InputError(f"{out}: {parent} is not a folder")
         if not os.access(parent, os.W_OK):
             raise InputError(f"{out}: output folder {parent} is not writable")
-        if len(out.name.encode()) > name_max(parent):
-            raise InputError(f"{out}: the file name is longer than the file system allows ({name_max(parent)} bytes)")
     except OSError as exc:  # e.g. a folder on the way that cannot be searched
         raise InputError(f"{out}: cannot check the output path ({exc.strerror or exc})") from None
     return out

@@ -15,7 +15,7 @@ import typer
 
 from ncli import __version__, interrupts
 from ncli.console import error
-from ncli.errors import NcliError
+from ncli.errors import EnvironmentProblem, NcliError
 from ncli.outputs import write_failure
 
 app = typer.Typer(
@@ -74,7 +74,7 @@ def _os_error(exc: OSError) -> tuple[str, int] | None:
     """A file the command could not read or write: not a bug in ncli. A full disk is exit 5,
     another failure naming a file exit 3; None when the error names no file."""
     problem = write_failure(exc.filename or "output", exc)
-    if problem is not None:
+    if isinstance(problem, EnvironmentProblem):  # a full disk, whatever was being written
         return str(problem), problem.exit_code
     if exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}", 3

@@ -33,7 +33,7 @@ def _sample_input(extractor, data, options: ExtractOptions, input_shape):
     if data:
         from ncli.extract.data import open_sources
 
-        source = open_sources([data], x_key=options.x_key, y_key=options.y_key)[0]
+        source = open_sources([data], x_key=options.x_key, y_key=options.y_key, allow_external=options.allow_external)[0]
         return source.head(8), f"8 samples of {source.description}"
     if input_shape:
         try:

@@ -16,14 +16,15 @@ A new form: a module with a ``Form`` subclass, and its instance in ``FORMS`` bel
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ncli.errors import InputError
+from ncli.extract.archives import zip_problem
 from ncli.extract.forms.base import Checkpoint, Form, Probe, sha256_file
 from ncli.extract.forms.export import TORCH_EXPORT
 from ncli.extract.forms.safetensors import SAFETENSORS
 from ncli.extract.forms.torch_save import PICKLED_MODULE, STATE_DICT
 from ncli.extract.forms.torchscript import TORCHSCRIPT
+from ncli.features.reader import check_regular_file
 from ncli.features.schema import HDF5_SIGNATURE
 
 # In the order they are tried: a TorchScript archive also holds data.pkl, so it goes first.
@@ -64,15 +65,14 @@ def detect_form(path: str | os.PathLike) -> Form:
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, ema: bool = False) -> Checkpoint:
-    p = Path(path)
     path = str(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such file")
-    if p.is_dir():
-        raise InputError(f"{path}: is a directory, not a checkpoint file")
+    check_regular_file(path, "a checkpoint file")
     try:
         form = detect_form(path)
         digest = sha256_file(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
+    problem = zip_problem(path)  # before torch decompresses anything
+    if problem is not None:
+        raise InputError(f"{path}: not a zip archive ncli reads: {problem}")
     return form.load(path, digest, trust=trust, ema=ema)

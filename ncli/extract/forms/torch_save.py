@@ -15,6 +15,7 @@ state_dict form detects and loads both, and hands a model to the pickled-module 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ncli.errors import InputError, UsageError
@@ -49,8 +50,8 @@ def interpret(obj, path: str, ema: bool) -> tuple[dict | None, Any, str | None, 
             f"{path}: the checkpoint holds a {type(obj).__name__}, not a state_dict or a dict containing one"
         )
     top = [str(k) for k in obj.keys()]
-    epoch = position(obj, EPOCH_KEYS)
-    step = position(obj, STEP_KEYS)
+    epoch = position(obj, EPOCH_KEYS, path)
+    step = position(obj, STEP_KEYS, path)
 
     def descend(value, key, depth=0):
         if isinstance(value, nn.Module):
@@ -117,12 +118,15 @@ class StateDict(Form):
 
         try:
             obj = load_weights_only(path)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
             names = unsafe_globals(path)
             if not trust:
                 what = "is a pickled model or holds custom Python objects"
                 if any(n.startswith("torch.nn.modules.") for n in names):
                     what = "is a whole pickled model (torch.save(model))"
+                elif not names:  # no import named: say what torch's weights-only reader refused
+                    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+                    what = f"holds data torch's weights-only reader refuses ({found.group(1).strip()[:80] if found else 'unknown'})"
                 raise refuse_unsafe(path, names, what) from None
             obj = _torch_load_trusted(path)
         except Exception as exc:  # any failure of the weights-only unpickler on damaged bytes
