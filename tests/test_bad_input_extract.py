@@ -490,3 +490,13 @@ def test_a_checkpoint_or_data_in_an_unreadable_folder(world, monkeypatch):
         assert res.exit_code == 3, (args, res.stderr)
         assert needle in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
         assert str(locked) in res.stderr
+
+
+def test_inspect_shows_key_names_as_text(world):
+    sd = model("Net").state_dict()
+    sd["x\x1b]0;pwned\x07[/].weight"] = torch.zeros(3, 4)  # a 2-D '.weight': listed as a linear layer
+    ck = world.root / "odd_keys.pt"
+    torch.save(sd, ck)
+    res = _invoke("inspect", ck)
+    assert res.exit_code == 0, res.stderr
+    assert "\x1b" not in res.stdout and "x\\x1b]0;pwned\\x07[/]" in res.stdout

@@ -130,8 +130,13 @@ def print_inspect(rec: dict, as_json: bool = False) -> None:
         sys.stdout.write(json.dumps(rec, default=str) + "\n")
         return
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape as escape_markup
     from rich.table import Table
+
+    from ncli.console import printable
+
+    def escape(text: str) -> str:  # names from the checkpoint: control characters escaped, no markup
+        return escape_markup(printable(text))
 
     con = Console()
     con.print(f"[bold]{escape(rec['checkpoint'])}[/bold]", highlight=False, soft_wrap=True)
