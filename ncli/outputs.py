@@ -32,15 +32,19 @@ def name_max(folder: str | os.PathLike) -> int:
         return 255
 
 
-def temp_path_for(path: Path) -> Path:
-    """A fresh temporary name in ``path``'s folder, recognisable by :func:`cleanup_stale_temps`.
-    The output's name is shortened (its end kept) when the temporary name would be too long."""
-    prefix = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
-    room = name_max(path.parent if str(path.parent) else ".") - len(prefix)
-    name = path.name
+def fitted_name(path: Path, prefix: str, name: str | None = None) -> Path:
+    """``prefix + name`` (default: ``path``'s name) in ``path``'s folder, the name shortened
+    (its end kept) when the whole would exceed the file system's name limit."""
+    name = path.name if name is None else name
+    room = name_max(path.parent if str(path.parent) else ".") - len(prefix.encode())
     if len(name.encode()) > room:
         name = name.encode()[-max(room, 1):].decode("utf-8", "ignore") or "out"
     return path.with_name(prefix + name)
+
+
+def temp_path_for(path: Path) -> Path:
+    """A fresh temporary name in ``path``'s folder, recognisable by :func:`cleanup_stale_temps`."""
+    return fitted_name(path, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-")
 
 
 _NOT_REGULAR = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
