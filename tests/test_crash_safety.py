@@ -528,3 +528,31 @@ def test_compare_plot_onto_a_full_disk(tmp_path):
     argv = ["compare", str(FEATURES), "--plot", "{out}/old.out.png"]
     result = _on_a_full_disk(tmp_path, "24k", 24 << 10, argv)
     _check_full_disk(result, "old.out.png")
+
+
+@pytest.mark.parametrize(
+    "raised, code, words",
+    [
+        (MemoryError("Unable to allocate 8.00 TiB"), 5, "out of memory (Unable to allocate 8.00 TiB)"),
+        (OSError(28, "No space left on device"), 5, "cannot write: no space left on device"),
+        (RuntimeError("Can't decrement id ref count (file write failed: errno = 28, error message = 'No space left')"), 1, "internal error"),
+        (PermissionError(13, "Permission denied", "/data/run.h5"), 3, "/data/run.h5: Permission denied"),
+        (OSError(5, "Input/output error"), 1, "internal error: OSError"),
+    ],
+)
+def test_the_error_policy_for_what_is_not_ncli_error(capsys, raised, code, words):
+    """Running out of memory or disk is the environment (5); an OSError naming a file is that
+    file's error (3); anything else stays an internal error (1), one line each."""
+    import typer
+
+    from ncli.cli import reports_errors
+
+    @reports_errors
+    def command():
+        raise raised
+
+    with pytest.raises(typer.Exit) as info:
+        command()
+    assert info.value.exit_code == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ncli: error: ") and words in err, err
