@@ -181,7 +181,8 @@ class FeatureFile:
                 self.has_classifier = True
         if local.has(f, "class_names"):
             names = local.dataset(f, "class_names")
-            if names is None or names.ndim != 1 or h5py.check_string_dtype(names.dtype) is None and names.dtype.kind not in "SU":
+            text = names is not None and (h5py.check_string_dtype(names.dtype) is not None or names.dtype.kind in "SU")
+            if not text or names.ndim != 1:
                 raise self._fail("/class_names must be a 1-D dataset of strings")
             self._datasets["class_names"] = names
 

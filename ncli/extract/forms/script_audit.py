@@ -149,13 +149,9 @@ def unsafe_names() -> frozenset:
     """Names of registered operators off the allowlist (refused as attribute names anywhere)."""
     import torch
 
-    names = set()
-    for schema in torch._C._jit_get_all_schemas():
-        namespace, _, name = schema.name.partition("::")
-        if not safe_operator(schema.name):
-            names.add(name)
-    for namespace in ("aten", "prim"):  # a name is safe if some namespace TorchScript may pick allows it
-        names -= {n for n in list(names) if safe_operator(f"{namespace}::{n}") and n not in DENIED}
+    names = {schema.name.partition("::")[2] for schema in torch._C._jit_get_all_schemas() if not safe_operator(schema.name)}
+    # x.NAME resolves to aten::NAME (a method) or prim::NAME (a property): allowed there, allowed
+    names = {n for n in names if not (safe_operator(f"aten::{n}") or safe_operator(f"prim::{n}"))}
     return frozenset(names | DENIED | {"print"})
 
 
