@@ -10,6 +10,7 @@ Layout:
   ncli.features    format-1 HDF5 reader (validating) and atomic writer
   ncli.cli         the typer application (thin)
   ncli.errors, ncli.console, ncli.outputs   exit codes, messages, safe output files
+  ncli.interrupts  Ctrl-C over the whole process (installed by the entry points)
 (README "Layout" has one line per module.)
 """
 

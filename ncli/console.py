@@ -5,11 +5,13 @@ rich is imported only when a console is made (``--json`` runs never load it).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
 
 DISTRIBUTION = "neural-collapse-cli"  # the name on the package index (the command and import name are ncli)
@@ -20,9 +22,34 @@ def install_hint(extra: str | None = None) -> str:
     return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {DISTRIBUTION}"
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``): names
+    from files never move the cursor, retitle a terminal or start a new line."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def literal(text: str) -> "Text":
+    """A rich Text that is never parsed as markup (``[bold]``, ``[/]`` stay as written): every
+    string that reaches a rich table or heading goes through here, names from files first
+    through :func:`printable`."""
+    from rich.text import Text
+
+    return Text(text)
+
+
+def plain_text(text) -> "Text":
+    """:func:`literal` of :func:`printable`: a name from a file, ready for a table."""
+    return literal(printable(text))
+
+
 def _say(kind: str, message: str) -> None:
     stream = sys.stderr
-    stream.write(f"ncli: {kind}{message}\n")  # one write: lines of several processes never mix
+    # one line, one write: lines of several processes never mix
+    stream.write(f"ncli: {kind}{printable(message)}\n")
     stream.flush()
 
 

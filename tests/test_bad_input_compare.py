@@ -143,6 +143,10 @@ RECORD_CASES = {
     "JSON nested too deeply": (lambda r: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "truncated JSON": (lambda r: json.dumps(r)[:-10], "not JSON"),
     "two records on one line": (lambda r: json.dumps(r) + " " + json.dumps(r), "not JSON"),
+    # issue 15: integers no float (or HDF5 attribute) can hold
+    "a 400-digit metric": (lambda r: json.dumps(r).replace('"nc1": ', '"nc1": ' + "9" * 400 + ", \"was\": ", 1), "not a number (int64 or float)"),
+    "a 400-digit epoch": (lambda r: json.dumps(_with(r, epoch=10**400)), "'epoch' must be an integer (int64)"),
+    "a split value of 2^63": (lambda r: json.dumps(_with(r, splits={"train": {"accuracy": 2**63}})), "not a number (int64 or float)"),
 }
 
 
@@ -216,3 +220,171 @@ def test_bad_options(tmp_path, good, record, case):
     before = snapshot(tmp_path)
     res = _compare("-", *extra, input=json.dumps(record) + "\n")
     check_clean_failure(res, code, needle, tmp_path, before)
+
+
+# -------------------------------------------------------------------- names are text (issue 15)
+
+HOSTILE = "x[/]y[bold]z\x1b]0;pwned\x07\x1b[2J\u202e"  # rich markup, a retitle, clear screen, bidi
+
+
+def _hostile_record(record):
+    r = json.loads(json.dumps(record))
+    r["file"] = f"runs/{HOSTILE}.h5"
+    r["layer"] = HOSTILE
+    r["metrics"][HOSTILE] = 1.5
+    r["splits"][HOSTILE] = dict(r["splits"]["train"])
+    return r
+
+
+@pytest.mark.parametrize("fmt", [[], ["--by", "layer"]])
+def test_names_from_records_are_shown_as_text(tmp_path, record, fmt):
+    text = json.dumps(record) + "\n" + json.dumps(_hostile_record(record)) + "\n"
+    res = _compare("-", *fmt, input=text)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out  # nothing reaches the terminal raw
+    assert "x[/]y[bold]z\\x1b]0;pwned\\x07\\x1b[2J\\u202e" in out  # the name, as written, escaped
+    assert "Traceback" not in res.stderr
+
+
+def test_error_messages_escape_names_from_records(tmp_path, record):
+    res = _compare("-", "--split", "test", input=json.dumps(_hostile_record(record)) + "\n")
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "\x1b" not in res.stderr and "\\x1b]0;pwned" in res.stderr
+
+
+def test_a_feature_file_path_with_markup_is_text(tmp_path, rng):
+    folder = tmp_path / "a[bold]["
+    folder.mkdir()
+    path = _valid(folder / "]b.h5", rng)  # the path reads a[bold][/]b.h5
+    for args in (["measure", str(path)], ["measure", str(path), "--per-class"], ["compare", str(path), str(path)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (args, res.stderr)
+        assert "a[bold][/]b.h5" in res.stdout.replace("\n", "") or "]b.h5" in res.stdout
+
+
+def test_class_names_are_text(tmp_path, rng):
+    path = _valid(tmp_path / "f.h5", rng)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("class_names", data=["[/]", "\x1b[2Jcat", "[red]dog"], dtype=h5py.string_dtype("utf-8"))
+    res = runner.invoke(app, ["measure", str(path), "--per-class"])
+    assert res.exit_code == 0, res.stderr
+    assert "[/]" in res.stdout and "\\x1b[2Jcat" in res.stdout and "[red]dog" in res.stdout and "\x1b" not in res.stdout
+
+
+# -------------------------------------------------------------------- CSV formula injection (issue 15)
+
+
+def test_csv_cells_are_never_formulas_and_numbers_stay_numbers(tmp_path, record):
+    import csv
+    import io
+
+    r = json.loads(json.dumps(record))
+    r["file"] = "=cmd|' /C calc'!A0.h5"
+    r["layer"] = "@SUM(A1:A9)"
+    r["epoch"] = -3
+    r["metrics"] = {"+evil": -0.25, "\tmetric": 2.0, "nc1": 0.5}
+    r["splits"] = {"-split": dict(record["splits"]["train"]), "\rtrain": dict(record["splits"]["train"])}
+    r["train_split"] = "-split"
+    res = _compare("-", "--csv", input=json.dumps(r) + "\n")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert rows
+    for row in rows:
+        for column in ("run", "layer", "split", "metric"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), row
+        float(row["value"])  # every value is a number
+        assert row["epoch"] == "-3"
+    assert {row["run"] for row in rows} == {"'=cmd|' /C calc'!A0.h5"}
+    assert {row["metric"] for row in rows} >= {"'+evil", "\\tmetric", "nc1"}  # control characters escaped
+    assert {row["split"] for row in rows} == {"'-split", "\\rtrain"}
+    assert [row["value"] for row in rows if row["metric"] == "'+evil"] == ["-0.25"]
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(io.StringIO(res.stdout))
+    assert str(frame["value"].dtype) == "float64" and str(frame["epoch"].dtype) == "int64"
+    assert frame.loc[frame["metric"] == "'+evil", "value"].tolist() == [-0.25]
+
+
+@pytest.mark.parametrize("by", ["run", "layer"])
+def test_names_in_figures_are_text_not_math(tmp_path, record, by):
+    pytest.importorskip("matplotlib")
+    r = json.loads(json.dumps(record))
+    r["file"] = "$\\frac{a$.h5"
+    r["splits"]["$\\foo{$\x1b"] = dict(r["splits"]["train"])
+    target = tmp_path / "fig.png"
+    res = _compare("-", "--by", by, "--plot", target, input=json.dumps(r) + "\n")
+    assert res.exit_code == 0, res.stderr
+    assert target.exists() and res.stderr == f"ncli: wrote {target}\n"
+
+
+# -------------------------------------------------------------------- endless inputs, pipes, the --plot target (issue 15)
+
+
+def test_an_endless_line_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    from ncli.compare import load
+
+    monkeypatch.setattr(load, "MAX_LINE_BYTES", 1 << 20)
+    before = snapshot(tmp_path)
+    check_clean_failure(_compare("/dev/zero"), 3, "/dev/zero: a line longer than 1 MiB", tmp_path, before)
+    check_clean_failure(_compare("-", input=b"\x00" * (3 << 20)), 3, "stdin: a line longer than 1 MiB", tmp_path, before)
+
+
+def test_records_from_a_pipe(tmp_path, record):
+    """`ncli compare <(ncli measure ... --json)`: a FIFO is read as JSON lines, never as HDF5."""
+    import os
+    import threading
+
+    fifo = tmp_path / "records"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:
+            f.write(json.dumps(record) + "\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    res = _compare(fifo, "--json")
+    writer.join(10)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["runs"][0]["file"] == record["file"]
+
+
+def test_plot_onto_one_of_the_inputs_is_refused(tmp_path, good, record):
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs.svg"
+    runs.write_text(json.dumps(record) + "\n")
+    link = tmp_path / "again.svg"
+    link.symlink_to(runs)
+    before = snapshot(tmp_path)
+    for target in (runs, link):
+        check_clean_failure(_compare(runs, "--plot", target, "--force"), 2, "is also an input", tmp_path, before)
+
+
+def test_plot_never_replaces_a_device(tmp_path, good):
+    pytest.importorskip("matplotlib")
+    import os
+
+    fifo = tmp_path / "fig.png"
+    os.mkfifo(fifo)
+    res = _compare(good, "--plot", fifo, "--force")
+    assert res.exit_code == 3 and "is a FIFO, not a regular file" in res.stderr, res.stderr
+    import stat
+
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_the_leftover_of_a_killed_plot_is_removed_by_the_next(tmp_path, good):
+    """A SIGKILLed `compare --plot` leaves .ncli-tmp-<pid>-<hex>-fig.png (its process is gone):
+    the next compare --plot in that folder removes it, as extract does for feature files."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ncli-tmp-{dead.pid}-0123abcd-fig.png"
+    stale.write_bytes(b"half a figure")
+    res = _compare(good, "--plot", tmp_path / "other.png")
+    assert res.exit_code == 0, res.stderr
+    assert not stale.exists() and (tmp_path / "other.png").exists()
+    assert not list(tmp_path.glob(".ncli-tmp-*"))

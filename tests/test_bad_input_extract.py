@@ -175,6 +175,78 @@ def _truncated_zip_ckpt(w: World) -> Path:
     return w.file("trunc.pt", raw[: len(raw) // 2])
 
 
+def _checkpoint_with(w: World, name: str, **entries) -> Path:
+    p = w.root / name
+    torch.save({**entries, "state_dict": model("Net").state_dict()}, p)
+    return p
+
+
+def _weights_like(w: World, name: str, change) -> Path:
+    p = w.root / name
+    sd = model("Net").state_dict()
+    torch.save({k: change(v) if k.startswith("fc.") else v for k, v in sd.items()}, p)
+    return p
+
+
+def _fifo(w: World, name: str) -> Path:
+    import os
+
+    p = w.root / name
+    os.mkfifo(p)
+    return p
+
+
+def _nested_h5(w: World) -> Path:
+    """x_<split>/y_<split> pairs whose split name holds '/' (groups x_a and y_a)."""
+    p = w.root / "nested.h5"
+    with h5py.File(p, "w") as f:
+        f["x_a/b"], f["y_a/b"] = X, Y
+    return p
+
+
+def _h5_with_external_link(w: World) -> Path:
+    other = w.h5("other.h5", x=X, y=Y)
+    p = w.root / "linked.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = h5py.ExternalLink(str(other), "/x")
+        f["y"] = Y
+    return p
+
+
+def _rezipped(src: Path, dst: Path, *, compress_type=None, declare=None, overlap=False) -> Path:
+    """``src`` (a zip) rewritten: members recompressed, a member's size declared as ``declare``,
+    or the last member pointing at the first one's bytes (an overlapping zip bomb)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            info = zipfile.ZipInfo(item.filename, item.date_time)
+            info.compress_type = compress_type if compress_type is not None else item.compress_type
+            zout.writestr(info, zin.read(item.filename))
+    raw = bytearray(dst.read_bytes())
+    central = [i for i in range(len(raw)) if raw[i : i + 4] == b"PK\x01\x02"]
+    if declare is not None:  # the first member claims `declare` bytes (central directory and local header)
+        struct.pack_into("<I", raw, central[0] + 24, declare)
+        local = struct.unpack_from("<I", raw, central[0] + 42)[0]
+        struct.pack_into("<I", raw, local + 22, declare)
+    if overlap:
+        first = struct.unpack_from("<I", raw, central[0] + 42)[0]
+        struct.pack_into("<I", raw, central[-1] + 42, first)
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def _deflated(w: World, name: str) -> Path:
+    import zipfile
+
+    p = w.root / name
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", _npy(np.zeros((40, em.IN), np.float32)))
+        z.writestr("y.npy", _npy(Y))
+    return p
+
+
 # name: (build args from the world, expected exit code, text in the message)
 EXTRACT_CASES = {
     # --- the checkpoint
@@ -236,6 +308,27 @@ EXTRACT_CASES = {
     "existing output without --force": (lambda w: (w.file("out.h5", b"precious"), w.args())[1], 4, "--force"),
     "output would replace the checkpoint": (lambda w: w.args(out=w.ck, extra=["--force"]), 2, "the checkpoint itself"),
     "output would replace the data": (lambda w: w.args(out=w.data, extra=["--force"]), 2, "the data file"),
+    # --- issue 15: values and files the format or ncli cannot hold
+    "--epoch beyond int64": (lambda w: w.args(extra=["--epoch", str(10**30)]), 2, "--epoch 1000000000000000000000000000000: beyond the int64"),
+    "--step beyond int64": (lambda w: w.args(extra=["--step", str(-(2**63) - 1)]), 2, "--step -9223372036854775809"),
+    "a 5000-digit epoch in the checkpoint": (lambda w: w.args(ck=_checkpoint_with(w, "e.pt", epoch="9" * 5000)), 3, "'epoch' is a number of thousands of digits"),
+    "an epoch of 1e300 in the checkpoint": (lambda w: w.args(ck=_checkpoint_with(w, "e.pt", epoch=1e300)), 3, "beyond the int64 range"),
+    "a step of 2^63 in the checkpoint": (lambda w: w.args(ck=_checkpoint_with(w, "e.pt", global_step=torch.tensor(2.0**63))), 3, "'global_step' is 9223372036854775808"),
+    "a split named classifier in a bare --data file": (lambda w: w.args(data=w.npz("r.npz", x_classifier=X, y_classifier=Y)), 3, "cannot hold a split named 'classifier'"),
+    "an empty split name in a bare --data file": (lambda w: w.args(data=w.npz("r.npz", x_=X, y_=Y)), 3, "split named ''"),
+    "a split name with '/' in a bare --data file": (lambda w: w.args(data=_nested_h5(w)), 3, "split named 'a/b'"),
+    "--data .=FILE": (lambda w: w.args(data=f".={w.data}"), 2, "split named '.'"),
+    "an all-NaN classifier": (lambda w: w.args(ck=_weights_like(w, "nan.pt", lambda v: torch.full_like(v, float("nan")))), 3, "classifier 'fc': its weight holds NaN or Inf"),
+    "complex classifier weights": (lambda w: w.args(ck=_weights_like(w, "cplx.pt", lambda v: v.to(torch.complex64))), 3, "hold complex numbers"),
+    "checkpoint is a FIFO": (lambda w: w.args(ck=_fifo(w, "ck.pt")), 3, "is not a regular file"),
+    "--data is a FIFO": (lambda w: w.args(data=f"train={_fifo(w, 'd.npz')}"), 3, "not a regular file"),
+    "--data is a FIFO, bare": (lambda w: w.args(data=_fifo(w, "d.npz")), 3, "not a regular file"),
+    "output is a FIFO, --force": (lambda w: w.args(out=_fifo(w, "o.h5"), extra=["--force"]), 3, "is a FIFO, not a regular file"),
+    "output name longer than the file system allows": (lambda w: w.args(out=w.root / ("o" * 300 + ".h5")), 3, "longer than the file system allows"),
+    "HDF5 data with an external link": (lambda w: w.args(data=_h5_with_external_link(w)), 3, "is an external link to"),
+    "checkpoint recompressed with bzip2": (lambda w: w.args(ck=_rezipped(w.ck, w.root / "bz.pt", compress_type=12)), 3, "compression method 12"),
+    "checkpoint member declaring impossible size": (lambda w: w.args(ck=_rezipped(w.ck, w.root / "big.pt", compress_type=8, declare=2**31)), 3, "more than deflate can expand"),
+    "overlapping .npz members": (lambda w: w.args(data=_rezipped(_deflated(w, "a.npz"), w.root / "o.npz", overlap=True)), 3, "overlap"),
     # --- usage
     "unknown option": (lambda w: w.args(extra=["--bogus"]), 2, "--bogus"),
     "batch size 0": (lambda w: w.args(extra=["-b", "0"]), 2, "--batch-size"),
@@ -337,3 +430,73 @@ def test_inspect_reports_a_failing_guessed_input_instead_of_failing(world):
     assert res.exit_code == 0, res.stderr
     rec = json.loads(res.stdout)
     assert rec["chosen"] is None and "ValueError: needs a dict" in rec["forward_error"]
+
+
+# ---------------------------------------------------------------------------------------
+# issue 15: what is allowed when asked, and names the file system barely holds
+# ---------------------------------------------------------------------------------------
+
+
+def test_allow_external_reads_linked_data_and_soft_links_always_work(world):
+    linked = _h5_with_external_link(world)
+    res = _invoke(*world.args(data=linked, extra=["--allow-external"]))
+    assert res.exit_code == 0, res.stderr
+    soft = world.root / "soft.h5"
+    with h5py.File(soft, "w") as f:
+        f["data/inputs"], f["data/targets"] = X, Y
+        f["x"], f["y"] = h5py.SoftLink("/data/inputs"), h5py.SoftLink("/data/targets")
+    res = _invoke(*world.args(data=soft, out=world.root / "soft_out.h5"))
+    assert res.exit_code == 0, res.stderr
+
+
+def test_an_output_name_the_temporary_name_would_not_fit(world):
+    """A 250-byte name fits the file system but ".ncli-tmp-<pid>-<hex>-" + it does not: the
+    temporary name is shortened, the output gets its full name."""
+    out = world.root / ("o" * 247 + ".h5")
+    before = snapshot(world.root)
+    res = _invoke(*world.args(out=out))
+    assert res.exit_code == 0, res.stderr
+    assert out.exists() and not leftovers(world.root)
+    assert set(snapshot(world.root)) == set(before) | {out.name}
+
+
+def test_a_checkpoint_or_data_in_an_unreadable_folder(world, monkeypatch):
+    import builtins
+    import os
+
+    locked = world.root / "locked"
+    locked.mkdir()
+    ck, data = locked / "net.pt", locked / "data.npz"
+    ck.write_bytes(world.ck.read_bytes())
+    data.write_bytes(world.data.read_bytes())
+    real_stat, real_open = os.stat, builtins.open
+
+    def refuse(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(locked) + os.sep):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "stat", refuse(real_stat))
+    monkeypatch.setattr(builtins, "open", refuse(real_open))
+    for args, needle in (
+        (world.args(ck=ck), f"{ck}: cannot read (Permission denied)"),
+        (world.args(data=f"train={data}"), "Permission denied"),
+        (["inspect", ck], f"{ck}: cannot read (Permission denied)"),
+    ):
+        res = _invoke(*args)
+        assert res.exit_code == 3, (args, res.stderr)
+        assert needle in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert str(locked) in res.stderr
+
+
+def test_inspect_shows_key_names_as_text(world):
+    sd = model("Net").state_dict()
+    sd["x\x1b]0;pwned\x07[/].weight"] = torch.zeros(3, 4)  # a 2-D '.weight': listed as a linear layer
+    ck = world.root / "odd_keys.pt"
+    torch.save(sd, ck)
+    res = _invoke("inspect", ck)
+    assert res.exit_code == 0, res.stderr
+    assert "\x1b" not in res.stdout and "x\\x1b]0;pwned\\x07[/]" in res.stdout

@@ -240,8 +240,8 @@ def test_narrow_terminal_splits_runs_over_tables_instead_of_cutting_numbers(seri
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 70
     for r in recs:
         assert f"{r['metrics']['nc1']:.6g}" in text
-    assert [t.columns[-1].header for t in tables].count("trend") == 1
-    assert tables[-1].columns[-1].header == "trend"
+    assert [str(t.columns[-1].header) for t in tables].count("trend") == 1
+    assert str(tables[-1].columns[-1].header) == "trend"
 
 
 def test_trend_and_sparkline_units():

@@ -14,6 +14,7 @@ exactly as ``python -m ncli`` does, killed by a real signal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -392,3 +393,166 @@ def test_the_interrupt_guard_leaves_an_ignored_sigint_ignored():
             guard.check()
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C at any moment of the process's life (issue 15): one line, exit 130
+# ---------------------------------------------------------------------------------------
+
+# Runs `python -m ncli ...` and sends itself SIGINT at a chosen moment: when a given module is
+# first imported (start-up, before the command line is parsed; inside the command), or at exit.
+AT_MOMENT = r"""
+import atexit, importlib.abc, os, runpy, signal, sys, time
+moment = sys.argv.pop(1)
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == moment:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+if moment == "exit":
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))
+else:
+    sys.meta_path.insert(0, Finder())
+sys.argv = ["ncli", *sys.argv[1:]]
+runpy.run_module("ncli", run_name="__main__", alter_sys=True)
+"""
+
+FEATURES = REPO / "fixtures" / "features" / "mlp_epoch0300.h5"
+MOMENTS = [
+    ("typer", ["measure", str(FEATURES), "--json"]),  # start-up: the command line's imports
+    ("numpy", ["measure", str(FEATURES), "--json"]),
+    ("ncli.measure.engine", ["measure", str(FEATURES), "--json"]),  # inside the command
+    ("rich.table", ["measure", str(FEATURES)]),  # drawing the table
+    ("exit", ["measure", str(FEATURES), "--json"]),  # after the output is written
+    ("ncli.compare.table", ["compare", str(FEATURES), "--json"]),
+    ("exit", ["compare", str(FEATURES), "--csv"]),
+]
+
+
+@pytest.mark.parametrize("moment, argv", MOMENTS, ids=[f"{m}-{a[0]}" for m, a in MOMENTS])
+def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path, moment, argv):
+    done = subprocess.run(
+        [sys.executable, "-c", AT_MOMENT, moment, *argv], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stderr == "ncli: error: interrupted\n", done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_extract_imports_torch_leaves_nothing(job, tmp_path):
+    out = tmp_path / "out.h5"
+    done = subprocess.run(
+        [sys.executable, "-c", AT_MOMENT, "torch", *_argv(job, out)], capture_output=True, text=True, env=_env(), timeout=300
+    )
+    assert done.returncode == 130 and done.stderr == "ncli: error: interrupted\n", (done.returncode, done.stderr)
+    assert not out.exists() and not _temps(tmp_path)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """ncli run with SIGINT ignored (nohup, a background job) does not start handling it."""
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); from ncli import interrupts; "
+        "interrupts.install(); sys.exit(0 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------
+# a full disk (issue 15): exit 5, one line naming the output, the old output intact
+# ---------------------------------------------------------------------------------------
+
+# Run inside a private mount namespace (unshare -rm): a tmpfs of a few MB as the output folder.
+ON_A_SMALL_DISK = r"""
+import hashlib, json, os, subprocess, sys
+folder, size, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder], check=True)
+with open(os.path.join(folder, "old.out"), "wb") as f:
+    f.write(b"the old results")
+done = subprocess.run([sys.executable, "-m", "ncli", *argv], capture_output=True, text=True)
+files = {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest() for name in os.listdir(folder)}
+print(json.dumps({"rc": done.returncode, "stderr": done.stderr, "files": files}))
+"""
+OLD = hashlib.sha256(b"the old results").hexdigest()
+
+
+def _small_disk_available() -> bool:
+    import shutil
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
+                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _on_a_full_disk(tmp_path: Path, size: str, limit_bytes: int, argv: list[str]) -> dict:
+    """Run ``ncli argv`` (``{out}`` in it: a folder that fills up) with an existing output
+    ``old.out`` there: a small tmpfs where one can be made, else RLIMIT_FSIZE (EFBIG)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if _small_disk_available():
+        args = [a.replace("{out}", str(folder)) for a in argv]
+        done = subprocess.run(["unshare", "-rm", sys.executable, "-c", ON_A_SMALL_DISK, str(folder), size, *args],
+                              capture_output=True, text=True, env=_env(), timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    (folder / "old.out").write_bytes(b"the old results")
+    args = [a.replace("{out}", str(folder)) for a in argv]
+    done = subprocess.run([sys.executable, "-m", "ncli", *args], capture_output=True, text=True, env=_env(), preexec_fn=limit, timeout=600)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    return {"rc": done.returncode, "stderr": done.stderr, "files": files}
+
+
+def _check_full_disk(result: dict, out_name: str) -> None:
+    assert result["rc"] == 5, result
+    assert result["stderr"].count("\n") == 1 and result["stderr"].startswith("ncli: error: "), result["stderr"]
+    assert out_name in result["stderr"]
+    assert "no space left on device" in result["stderr"] or "file too large" in result["stderr"]
+    assert result["files"] == {"old.out": OLD}  # no temporary file left, the old output unchanged
+
+
+def test_extract_onto_a_full_disk(job, tmp_path):
+    argv = ["extract", str(job["ck"]), "--arch", arch("Net"), "--data", str(job["data"]), "-o", "{out}/old.out",
+            "--force", "-q", "-b", "512"]
+    _check_full_disk(_on_a_full_disk(tmp_path, "2m", 2 << 20, argv), "old.out")
+
+
+def test_compare_plot_onto_a_full_disk(tmp_path):
+    pytest.importorskip("matplotlib")
+    argv = ["compare", str(FEATURES), "--plot", "{out}/old.out.png"]
+    result = _on_a_full_disk(tmp_path, "24k", 24 << 10, argv)
+    _check_full_disk(result, "old.out.png")
+
+
+@pytest.mark.parametrize(
+    "raised, code, words",
+    [
+        (MemoryError("Unable to allocate 8.00 TiB"), 5, "out of memory (Unable to allocate 8.00 TiB)"),
+        (OSError(28, "No space left on device"), 5, "cannot write: no space left on device"),
+        (RuntimeError("Can't decrement id ref count (file write failed: errno = 28, error message = 'No space left')"), 1, "internal error"),
+        (PermissionError(13, "Permission denied", "/data/run.h5"), 3, "/data/run.h5: Permission denied"),
+        (OSError(5, "Input/output error"), 1, "internal error: OSError"),
+    ],
+)
+def test_the_error_policy_for_what_is_not_ncli_error(capsys, raised, code, words):
+    """Running out of memory or disk is the environment (5); an OSError naming a file is that
+    file's error (3); anything else stays an internal error (1), one line each."""
+    import typer
+
+    from ncli.cli import reports_errors
+
+    @reports_errors
+    def command():
+        raise raised
+
+    with pytest.raises(typer.Exit) as info:
+        command()
+    assert info.value.exit_code == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ncli: error: ") and words in err, err

@@ -325,3 +325,236 @@ def test_compare_json_is_never_evaluated(tmp_path):
     r = runner.invoke(app, ["compare", "-"], input=json.dumps(bad) + "\n")
     assert r.exit_code == 3 and "'epoch' must be an integer" in r.stderr
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# TorchScript: the archive's code is audited before torch.jit.load runs any of it
+# ---------------------------------------------------------------------------------------
+
+
+class SavesInForward(torch.nn.Module):
+    def __init__(self, marker: str):
+        super().__init__()
+        self.body = torch.nn.Linear(12, 8)
+        self.fc = torch.nn.Linear(8, 4)
+        self.marker = marker
+
+    def forward(self, x):
+        torch.save(x, self.marker)  # overwrites any file the author names
+        return self.fc(torch.relu(self.body(x)))
+
+
+class SavesInSetstate(torch.nn.Module):
+    def __init__(self, marker: str):
+        super().__init__()
+        self.body = torch.nn.Linear(12, 8)
+        self.fc = torch.nn.Linear(8, 4)
+        self.marker = marker
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.body(x)))
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        torch.save(torch.zeros(1), state[0])  # runs inside torch.jit.load: `ncli inspect` is enough
+        self.marker = state[0]
+        self.training = state[1]
+
+
+@pytest.mark.parametrize("where", ["forward", "__setstate__"])
+def test_torchscript_that_writes_a_file_is_refused_before_it_runs(tmp_path, data, where):
+    marker = tmp_path / "marker"
+    module = SavesInForward(str(marker)) if where == "forward" else SavesInSetstate(str(marker))
+    ck = tmp_path / "scripted.pt"
+    torch.jit.script(module).save(str(ck))
+    marker.unlink(missing_ok=True)  # scripting ran nothing, saving ran __getstate__ only
+    out = tmp_path / "out.h5"
+    for args in (["extract", ck, "--data", data, "-o", out, "-q"], ["inspect", ck], ["inspect", ck, "--data", data]):
+        r = invoke(*args)
+        assert r.exit_code == 4, (args, r.exit_code, r.stderr)
+        assert r.stderr.startswith("ncli: error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "torch.save (aten::save), which writes a file" in r.stderr and "code/__torch__/" in r.stderr and ", line " in r.stderr
+        assert "--trust-checkpoint" in r.stderr
+        assert not marker.exists() and not out.exists() and not list(tmp_path.glob(".ncli-tmp-*"))
+    # the control: trusted, the archive really writes the file
+    args = ["inspect", ck, "--trust-checkpoint"] if where == "__setstate__" else ["extract", ck, "--trust-checkpoint", "--data", data, "-o", out, "-q"]
+    invoke(*args)
+    assert marker.exists()
+
+
+def _script_variant(tmp_path: Path, name: str, edit) -> Path:
+    """The scripted Net with its top-level source edited by ``edit`` (as a hostile author would)."""
+    good = tmp_path / "plain.pt"
+    if not good.exists():
+        torch.jit.script(model("Net")).save(str(good))
+    out = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(out, "w") as zout:
+        for item in zin.infolist():
+            blob = zin.read(item.filename)
+            if item.filename.endswith("code/__torch__/extract_models.py"):
+                text = blob.decode()
+                edited = edit(text)
+                assert edited != text
+                blob = edited.encode()
+            zout.writestr(item, blob)
+    return out
+
+
+def _before_return(line: str):
+    return lambda text: text.replace("    return ", line.rstrip("\n") + "\n    return ", 1)
+
+
+HOSTILE_SOURCES = {
+    # name: (edit of the source, words of the finding, does torch run it?)
+    "ops.aten.save": (lambda m: _before_return(f'    ops.aten.save(x, "{m}")'), "torch.save (aten::save)", True),
+    "torch.autograd.save": (lambda m: _before_return(f'    torch.autograd.save(x, "{m}")'), "torch.save (aten::save)", True),
+    "ops.prim.autograd.save": (lambda m: _before_return(f'    ops.prim.autograd.save(x, "{m}")'), "torch.save (aten::save)", True),
+    "torch.from_file": (lambda m: _before_return('    _r = torch.from_file("/etc/hostname", False, 1)'), "torch.from_file", True),
+    "a method call": (lambda m: _before_return(f'    _r = x.save("{m}")'), "calls .save()", False),
+    "getattr": (lambda m: _before_return('    _r = getattr(x, "save")'), "getattr()", False),
+    "print": (lambda m: _before_return('    print("\\x1b]0;pwned\\x07")'), "calls print", True),
+    "prim::Print": (lambda m: _before_return('    ops.prim.Print("hi")'), "prim::Print", True),
+    "an unknown name": (lambda m: _before_return("    _r = open"), "'open'", False),
+    "a line continuation": (lambda m: _before_return('    _r = "a" \\\n      + "b"'), "line continuation", False),
+    "a raw string": (lambda m: _before_return('    _r = r"a\\"'), "does not classify", False),
+    "a tab": (lambda m: _before_return('    _r =\t1'), "control character", False),
+    "a lambda": (lambda m: _before_return("    _r = lambda: 1"), "Lambda", False),
+    "a non-ASCII name": (lambda m: _before_return("    _é = 1"), "does not classify", False),
+    "an import": (lambda m: lambda text: "import os\n" + text, "Import", False),
+    "a custom C++ class": (lambda m: _before_return("    _r = __torch__.torch.classes.foo.Bar()"), "custom C++ class", False),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_SOURCES))
+def test_torchscript_sources_that_are_not_proven_harmless_are_refused(tmp_path, case):
+    from ncli.extract.forms.script_audit import audit
+
+    marker = tmp_path / "marker"
+    edit, words, torch_runs_it = HOSTILE_SOURCES[case]
+    archive = _script_variant(tmp_path, "variant", edit(marker))
+    finding = audit(str(archive))
+    assert finding is not None and words in str(finding), finding
+    r = invoke("inspect", archive, "--input-shape", "12")
+    assert r.exit_code == 4 and "--trust-checkpoint" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not marker.exists()
+    if torch_runs_it and "save" in case:  # the control: torch accepts this source and it writes the file
+        torch.jit.load(str(archive))(torch.zeros(2, 12))
+        assert marker.exists()
+
+
+class Varied(torch.nn.Module):
+    """Much of torch.nn, scripted: recurrent and attention layers, interpolation, dicts, asserts."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.lstm = torch.nn.LSTM(8, 8, batch_first=True)
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1)
+        self.conv = torch.nn.Conv1d(8, 8, 3, padding="same")
+        self.norm = torch.nn.GroupNorm(2, 8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, tokens):
+        h, _ = self.lstm(self.emb(tokens))
+        a, _ = self.attn(h, h, h, need_weights=False)
+        h = self.enc(h + a)
+        c = torch.nn.functional.interpolate(self.norm(self.conv(h.transpose(1, 2))), scale_factor=2.0, mode="linear")
+        parts: dict[str, torch.Tensor] = {"mean": c.mean(-1)}
+        assert parts["mean"].dim() == 2, "expected (N, C)"
+        return self.fc(torch.nn.functional.gelu(parts["mean"], approximate="tanh"))
+
+
+def test_ordinary_torchscript_archives_pass_the_audit(tmp_path):
+    from ncli.extract.forms.script_audit import audit
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "cnn_epoch0100_scripted.pt"
+    assert audit(str(fixture)) is None
+    varied = tmp_path / "varied.pt"
+    torch.jit.script(Varied().eval()).save(str(varied))
+    assert audit(str(varied)) is None
+    r = invoke("inspect", varied, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["form"] == "torchscript"
+
+
+@pytest.mark.parametrize(
+    "operator, safe",
+    [("aten::linear", True), ("aten::conv2d", True), ("aten::gelu", True), ("aten::__getitem__", True),
+     ("prim::RaiseException", True), ("aten::_upsample_bilinear2d_aa", True),
+     ("aten::save", False), ("aten::from_file", False), ("aten::_print", False), ("prim::Print", False),
+     ("aten::_unsafe_index_put", False), ("aten::unsafe_split", False), ("aten::_index_put_impl_", False),
+     ("aten::set_", False), ("prim::rpc_async", False), ("prim::PythonOp", False), ("c10d::barrier", False),
+     ("aten::no_such_operator", False)],
+)
+def test_operator_allowlist(operator, safe):
+    from ncli.extract.forms.script_audit import safe_operator
+
+    assert safe_operator(operator) is safe
+
+
+# ---------------------------------------------------------------------------------------
+# .pt2 with native code: refused from its member names before torch reads the archive
+# ---------------------------------------------------------------------------------------
+
+LIBRARY_SOURCE = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void payload(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("ran", f); fclose(f); }
+}
+"""
+
+
+def _shared_library(tmp_path: Path, marker: Path) -> Path:
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("no C compiler to build the library")
+    src = tmp_path / "payload.c"
+    src.write_text(LIBRARY_SOURCE)
+    lib = tmp_path / "payload.so"
+    done = subprocess.run([compiler, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", str(lib), str(src)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot build a shared library here: {done.stderr.decode()[:200]}")
+    return lib
+
+
+def _aoti_leftovers() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob("aotinductor_*")}
+
+
+def test_pt2_with_an_aotinductor_library_is_refused_before_torch_reads_it(tmp_path, data):
+    marker = tmp_path / "marker"
+    lib = _shared_library(tmp_path, marker)
+    good = tmp_path / "prog.pt2"
+    _export_program(good)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        root = zin.namelist()[0].split("/", 1)[0]
+        for item in zin.infolist():
+            zout.writestr(item, zin.read(item.filename))
+        zout.write(lib, f"{root}/data/aotinductor/model/model.so")
+        for name in ("wrapper_metadata.json", "model_metadata.json"):  # what torch's loader needs to dlopen
+            zout.writestr(f"{root}/data/aotinductor/model/{name}", json.dumps({"AOTI_DEVICE_KEY": "cpu"}))
+    before = _aoti_leftovers()
+    out = tmp_path / "out.h5"
+    for args in (["extract", evil, "--data", data, "-o", out, "-q"], ["inspect", evil]):
+        r = invoke(*args)
+        assert r.exit_code == 4, (r.exit_code, r.stderr)
+        assert r.stderr.startswith("ncli: error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "native code" in r.stderr and "data/aotinductor/model/model.so" in r.stderr and "--trust-checkpoint" in r.stderr
+        assert not marker.exists() and not out.exists()
+    assert _aoti_leftovers() == before
+    # the control: trusted, torch dlopens the library (its constructor runs); ncli removes torch's scratch folder
+    invoke("inspect", evil, "--trust-checkpoint")
+    assert marker.read_text() == "ran"
+    assert _aoti_leftovers() == before

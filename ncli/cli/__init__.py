@@ -17,6 +17,10 @@ from ncli.cli.app import app, reports_errors
 
 
 def main() -> None:
+    """The process entry point (also reached through ``python -m ncli``)."""
+    from ncli import interrupts
+
+    interrupts.install()
     app()
 
 

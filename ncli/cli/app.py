@@ -13,9 +13,10 @@ import sys
 
 import typer
 
-from ncli import __version__
+from ncli import __version__, interrupts
 from ncli.console import error
-from ncli.errors import NcliError
+from ncli.errors import EnvironmentProblem, NcliError
+from ncli.outputs import write_failure
 
 app = typer.Typer(
     name="ncli",
@@ -69,13 +70,26 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _os_error(exc: OSError) -> tuple[str, int] | None:
+    """A file the command could not read or write: not a bug in ncli. A full disk is exit 5,
+    another failure naming a file exit 3; None when the error names no file."""
+    problem = write_failure(exc.filename or "output", exc)
+    if isinstance(problem, EnvironmentProblem):  # a full disk, whatever was being written
+        return str(problem), problem.exit_code
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}", 3
+    return None
+
+
 def reports_errors(func):
-    """Decorator for commands: NcliError -> one line + exit code; Ctrl-C -> 130."""
+    """Decorator for commands: NcliError -> one line + exit code; Ctrl-C -> 130; running out
+    of memory -> 5; an OSError naming a file -> 3 (5 for a full disk)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with interrupts.as_keyboard_interrupt():
+                return func(*args, **kwargs)
         except NcliError as exc:
             if _state["debug"]:
                 raise
@@ -93,6 +107,17 @@ def reports_errors(func):
             raise typer.Exit(0) from None
         except typer.Exit:
             raise
+        except MemoryError as exc:
+            if _state["debug"]:
+                raise
+            raise error_exit(f"out of memory ({exc or 'MemoryError'}); the input needs more memory than is available", 5) from None
+        except OSError as exc:
+            if _state["debug"]:
+                raise
+            known = _os_error(exc)
+            if known is None:
+                raise error_exit(f"internal error: {type(exc).__name__}: {exc} (run `ncli --debug ...` for the traceback)", 1) from None
+            raise error_exit(*known) from None
         except Exception as exc:  # a bug: still one line unless --debug
             if _state["debug"]:
                 raise

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import GlobalMean
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
 from ncli.console import done, note
 from ncli.errors import UsageError
 
@@ -49,6 +49,7 @@ def compare(
         None, "--global-mean", help="For feature files: mu_G = mean of class means ('class', default) or of all samples ('sample')."
     ),
     chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1, help="Rows read per chunk when measuring feature files."),
+    allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
 ) -> None:
     """Compare runs: metric trends across checkpoints, as a table, JSON, CSV or the paper's figure.
 
@@ -73,10 +74,16 @@ def compare(
         from ncli.compare.plot import check_plot_path, require_matplotlib
 
         plot_path = check_plot_path(plot, force)
+        from ncli.outputs import same_file
+
+        for source in inputs:
+            if source != "-" and same_file(source, plot_path):
+                raise UsageError(f"--plot {plot}: is also an input; the figure would replace it")
         require_matplotlib()  # fail before measuring anything
 
     opts = LoadOptions(
-        split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value, chunk_rows=chunk_rows
+        split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value, chunk_rows=chunk_rows,
+        allow_external=allow_external,
     )
     runs = order_runs(load_runs(inputs, opts), order.value)
     _note_mixed(runs)

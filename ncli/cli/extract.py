@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
+from ncli.cli.options import ALLOW_EXTERNAL_HELP
 from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem
 
@@ -69,7 +70,8 @@ def extract(
     ema: bool = typer.Option(False, "--ema", help="Use the EMA weights of a training checkpoint (keys ema, model_ema, state_dict_ema, ...)."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint",
-        help="Allow unpickling a whole pickled model (runs code named by the file). Only for files you trust.",
+        help="Load a checkpoint that can run code: a whole pickled model, a TorchScript archive whose code is not "
+        "proven harmless, a .pt2 with native code. Only for files you trust.",
     ),
     epoch: Optional[int] = typer.Option(None, "--epoch", help="Training epoch to record (default: the checkpoint's 'epoch' entry)."),
     step: Optional[int] = typer.Option(None, "--step", help="Training step to record (default: the checkpoint's 'step'/'global_step')."),
@@ -97,6 +99,7 @@ def extract(
     compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
 ) -> None:
     """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
 
@@ -124,8 +127,8 @@ def extract(
     options = ExtractOptions(
         arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
         layers=tuple(layer), pool=pool.value, epoch=epoch, step=step, x_key=x_key, y_key=y_key, image_size=image_size,
-        normalize=normalize, layout=layout.value, channels=channels, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
-        compression=compression.value, progress=not quiet,
+        normalize=normalize, layout=layout.value, channels=channels, batch_size=batch_size, num_workers=num_workers,
+        device=device, amp=amp, force=force, compression=compression.value, progress=not quiet, allow_external=allow_external,
     )
     try:
         run_extract(checkpoint, output, data, options)
@@ -139,13 +142,16 @@ def inspect(
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     arch_arg: List[str] = typer.Option([], "--arch-arg", help="key=value passed to the --arch class/factory; repeatable."),
     ema: bool = typer.Option(False, "--ema", help="Inspect the EMA weights."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling a whole pickled model (runs code named by the file)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="Load a checkpoint that can run code (a pickled model, unproven TorchScript, a .pt2 with native code)."
+    ),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Check this module as the classifier instead of discovering it."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Run one batch of this source (SPLIT=FILE or FILE) to find the classifier."),
     x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in the --data file."),
     y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in the --data file."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Run a random batch of this per-sample shape, e.g. 3,32,32."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
 ) -> None:
     """Show a checkpoint's form, its linear layers, which one is the classifier, and why.
 
@@ -165,6 +171,6 @@ def inspect(
 
     options = ExtractOptions(
         arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
-        x_key=x_key, y_key=y_key,
+        x_key=x_key, y_key=y_key, allow_external=allow_external,
     )
     print_inspect(inspect_checkpoint(checkpoint, options, data=data, input_shape=input_shape), as_json=json_out)

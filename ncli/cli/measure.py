@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import GlobalMean
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
 from ncli.console import warn
 from ncli.errors import NcliError
 
@@ -50,6 +50,7 @@ def measure(
         help="cpu, or cuda / cuda:N to do the arithmetic on a GPU (float64; imports torch). "
         "Without CUDA, a warning and the CPU.",
     ),
+    allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
 
@@ -75,7 +76,7 @@ def measure(
         backend = NumpyBackend(threads=threads)
     records = []
     for f in files:
-        layers = list_layers(f, split) if layer == "all" else [layer]
+        layers = list_layers(f, split, allow_external=allow_external) if layer == "all" else [layer]
         for name in layers:
             rec = measure_file(
                 f,
@@ -85,6 +86,7 @@ def measure(
                 layer=name,
                 chunk_rows=chunk_rows,
                 backend=backend,
+                allow_external=allow_external,
             )
             if json_out:
                 sys.stdout.write(record_json(rec) + "\n")

@@ -10,3 +10,9 @@ class GlobalMean(str, Enum):
 
     klass = "class"
     sample = "sample"
+
+
+ALLOW_EXTERNAL_HELP = (
+    "Also read what an HDF5 file keeps in other files (external links, virtual datasets, external "
+    "raw storage); refused by default. Only for files whose source you trust."
+)

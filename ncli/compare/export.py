@@ -11,6 +11,7 @@ import math
 from ncli.compare import SCHEMA
 from ncli.compare.load import Run, group_by_file
 from ncli.compare.table import run_label, trends
+from ncli.console import printable
 from ncli.measure.registry import HEADLINE_METRICS, SPLIT_KEYS
 from ncli.measure.render import nonfinite_to_null
 
@@ -42,6 +43,16 @@ def compare_json(obj: dict) -> str:
 
 
 CSV_COLUMNS = ("run", "epoch", "step", "layer", "split", "metric", "value")
+# A text cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV injection"):
+# it is written with a leading apostrophe, which spreadsheets show as text. Numbers are not text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell that no spreadsheet runs as a formula and that stays on its row: control
+    characters escaped (a bare CR would end the row for readers), formula starts quoted."""
+    text = printable(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _csv_value(v):
@@ -49,6 +60,8 @@ def _csv_value(v):
         return ""
     if isinstance(v, float):
         return repr(v)  # shortest round-trip representation: full precision
+    if isinstance(v, str):
+        return csv_text(v)
     return v
 
 

@@ -6,13 +6,18 @@ their grouping by file.
 ``by="run"``: one column per run, ordered by the stored epoch, then step, then the order given.
 ``by="layer"``: the runs of one file's layers side by side (the progressive-collapse view),
 one group per file, groups ordered as runs are.
+
+JSON lines are read in blocks and a line longer than ``MAX_LINE_BYTES`` is refused before it is
+held in memory (``compare /dev/zero`` is an error, not an exhausted machine). Pipes and
+devices (``<(ncli measure ... --json)``) are read as JSON lines, never opened as HDF5.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Iterable
 
 from ncli.compare import SCHEMA
@@ -21,6 +26,7 @@ from ncli.features.schema import HDF5_SIGNATURE
 from ncli.measure.record import validate_record
 
 STDIN = "-"
+MAX_LINE_BYTES = 256 << 20  # far above any measure record (a --per-class record of 100k classes is ~30 MiB)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class LoadOptions:
     global_mean: str | None = None  # None: "class" for HDF5 inputs, anything for records
     by: str = "run"  # "run" | "layer"
     chunk_rows: int | None = None
+    allow_external: bool = False  # feature files: read what HDF5 keeps in other files
 
 
 def parse_records(text: str, source: str) -> list[dict]:
@@ -71,6 +78,33 @@ def _looks_hdf5(head: bytes) -> bool:
     return head.startswith(HDF5_SIGNATURE)
 
 
+def read_bounded(stream, name: str) -> bytes:
+    """All bytes of a binary ``stream``; InputError as soon as one line exceeds MAX_LINE_BYTES."""
+    blocks: list[bytes] = []
+    line = 0  # bytes of the line being read
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            return b"".join(blocks)
+        first = block.find(b"\n")
+        if first < 0:
+            line += len(block)
+        elif line + first > MAX_LINE_BYTES:
+            line += first
+        else:
+            line = len(block) - block.rfind(b"\n") - 1
+        if line > MAX_LINE_BYTES:
+            raise InputError(f"{name}: a line longer than {MAX_LINE_BYTES >> 20} MiB; expected `ncli measure --json` lines")
+        blocks.append(block)
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: neither an HDF5 feature file nor `ncli measure --json` lines (binary, not UTF-8)") from None
+
+
 def _measure(path: str, opts: LoadOptions) -> list[dict]:
     from ncli.measure import record
 
@@ -79,9 +113,11 @@ def _measure(path: str, opts: LoadOptions) -> list[dict]:
     layers: list[str | None] = [None]
     if opts.by == "layer":
         # the stored layers in forward order (as recorded at extraction), then the penultimate features
-        layers = [*record.list_layers(path, split), None]
+        layers = [*record.list_layers(path, split, allow_external=opts.allow_external), None]
     return [
-        record.measure_file(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows)
+        record.measure_file(
+            path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows, allow_external=opts.allow_external
+        )
         for layer in layers
     ]
 
@@ -95,7 +131,7 @@ def read_input(source: str, opts: LoadOptions, stdin: IO | None = None) -> list[
             stdin = sys.stdin
         if hasattr(stdin, "isatty") and stdin.isatty():
             raise UsageError("'-' reads `ncli measure --json` lines from stdin, but stdin is a terminal; pipe them in")
-        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+        raw = read_bounded(stdin.buffer, "stdin") if hasattr(stdin, "buffer") else stdin.read()
         if isinstance(raw, bytes):
             if _looks_hdf5(raw[:8]):
                 raise InputError("stdin: holds an HDF5 file; give feature files by path, not on stdin")
@@ -105,31 +141,26 @@ def read_input(source: str, opts: LoadOptions, stdin: IO | None = None) -> list[
                 raise InputError(f"stdin: not UTF-8 text ({exc}); expected `ncli measure --json` lines") from None
         return parse_records(raw, STDIN)
 
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{source}: no such file")
-    if path.is_dir():
-        raise InputError(f"{source}: is a directory (give feature files or a file of `ncli measure --json` lines)")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as exc:
-        raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    if _looks_hdf5(head):
-        return _measure(source, opts)
-    try:
-        import h5py  # HDF5 files may start with a user block; the signature is then further in
+        mode = os.stat(source).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{source}: is a directory (give feature files or a file of `ncli measure --json` lines)")
+        if stat.S_ISREG(mode):  # pipes and devices are read as JSON lines, never opened as HDF5
+            with open(source, "rb") as fh:
+                head = fh.read(8)
+            if _looks_hdf5(head):
+                return _measure(source, opts)
+            import h5py  # HDF5 files may start with a user block; the signature is then further in
 
-        if h5py.is_hdf5(source):
-            return _measure(source, opts)
-    except OSError:
-        pass
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(
-            f"{source}: neither an HDF5 feature file nor `ncli measure --json` lines (binary, not UTF-8)"
-        ) from None
+            try:
+                if h5py.is_hdf5(source):
+                    return _measure(source, opts)
+            except (OSError, RuntimeError):
+                pass
+        with open(source, "rb") as fh:
+            text = _decode(read_bounded(fh, source), source)
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file") from None
     except OSError as exc:
         raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
     records = parse_records(text, source)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ncli.console import install_hint
+from ncli.console import install_hint, printable
 from ncli.errors import EnvironmentProblem, UsageError
 from ncli.measure.registry import EPOCH_PANELS, LAYER_PANELS, METRICS, SPLIT_NUMBERS, Panel
-from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
+from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for, write_failure
 
 MEANS_COLOR = "tab:blue"  # the paper's colour for class means
 CLASSIFIERS_COLOR = "tab:orange"  # … and for classifiers
@@ -64,6 +64,12 @@ def _new_figure(nrows: int, ncols: int, size: tuple[float, float]):
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
     return fig, axes
+
+
+def _text(name) -> str:
+    """A name from a record as figure text: control characters escaped, ``$`` never starting
+    matplotlib's math mode."""
+    return printable(name).replace("$", r"\$")
 
 
 def _num(v) -> float:
@@ -152,7 +158,7 @@ def _draw(ax, panel: Panel, which: str, xs, records, splits, color: str | None =
             for s in splits:
                 style = {"color": color or NEUTRAL_COLOR, "linestyle": _split_style(s, splits)}
                 if color is None:
-                    style["label"] = s
+                    style["label"] = _text(s)
                 drawn |= _plot(ax, xs, _split_values(records, s, number.key), **style)
     return drawn
 
@@ -194,7 +200,7 @@ def build_figure(records: list[dict]):
         Line2D([], [], color=CLASSIFIERS_COLOR, marker="o", markersize=3, label="classifiers (w_c)"),
     ]
     handles += [
-        Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{s} split") for s in splits
+        Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{_text(s)} split") for s in splits
     ]
     fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.12), frameon=False, fontsize=10)
     fig.suptitle(
@@ -238,14 +244,14 @@ def build_layer_figure(groups: list[tuple[str, list[dict]]]):
     for ax, panel in zip(axes, LAYER_PANELS):
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("layer (input → output)")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(range(len(names)), [_text(name) for name in names], rotation=30, ha="right", fontsize=8)
         if panel.log:
             ax.set_yscale("log")
         if panel.fraction:
             ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="major", alpha=0.3)
-    handles = [Line2D([], [], color=c, marker="o", markersize=3, label=lab) for (lab, _), c in zip(groups, colors)]
-    handles += [Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{s} split") for s in splits]
+    handles = [Line2D([], [], color=c, marker="o", markersize=3, label=_text(lab)) for (lab, _), c in zip(groups, colors)]
+    handles += [Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{_text(s)} split") for s in splits]
     fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.08), frameon=False, fontsize=9)
     fig.suptitle("Progressive collapse across layers", fontsize=12)
     return fig
@@ -262,6 +268,11 @@ def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int =
     try:
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
         commit(tmp, out, force=force)
+    except OSError as exc:  # a full disk: one line naming the figure
+        problem = write_failure(out, exc)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         tmp.unlink(missing_ok=True)
     return out

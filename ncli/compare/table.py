@@ -1,6 +1,7 @@
 """The comparison as rows: metrics (then per-split numbers) by runs, last/first trends,
 sparklines, and rich tables that split over several when a terminal is too narrow (no number
-is ever cut). rich is imported only when a table is drawn.
+is ever cut). rich is imported only when a table is drawn. Names from records (files, layers,
+splits, metric keys) are shown as text: control characters escaped, never read as markup.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from ncli.console import fmt
+from ncli.console import fmt, literal, printable
 from ncli.measure.registry import LAYER_METRICS, LAYER_SPLIT_KEYS, SPLIT_ROW_KEYS
 from ncli.measure.render import run_label_parts
 
@@ -115,7 +116,7 @@ def common_folder(records: list[dict]) -> str | None:
 
 def run_label(rec: dict, by: str = "run", folder: str | None = None) -> str:
     if by == "layer":
-        return rec.get("layer") or "features"
+        return rec.get("layer") or "features"  # as recorded (the JSON output); shown via printable
     name = rec["file"]
     if folder is not None and os.path.dirname(name) == folder:
         name = os.path.basename(name)
@@ -133,14 +134,15 @@ def table_heading(records: list[dict], by: str = "run") -> str | None:
     if by == "layer":
         return run_label(records[0], "run").replace("\n", "  ") + ": layers, input → output"
     folder = common_folder(records)
-    return f"runs in {folder}{os.sep}" if folder else None
+    return f"runs in {printable(folder)}{os.sep}" if folder else None
 
 
 def _table_cells(records: list[dict], by: str, sparklines: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and string rows of the comparison: metric, one column per run, trend."""
     mode = by if by == "layer" else _run_label_mode(records)
     folder = common_folder(records)
-    headers = ["metric", *[run_label(rec, mode, folder) for rec in records]]
+    labels = [run_label(rec, mode, folder) for rec in records]  # by run: already printable
+    headers = ["metric", *[printable(label) if mode == "layer" else label for label in labels]]
     headers.append("trend" if sparklines else "trend\nfirst→last")
     rows = []
     for label, split, key in row_keys(records, by):
@@ -148,7 +150,7 @@ def _table_cells(records: list[dict], by: str, sparklines: bool) -> tuple[list[s
         trend = fmt_trend(trend_ratio(values))
         if sparklines:
             trend = f"{sparkline(values)} {trend}"
-        rows.append([label, *[fmt(v) for v in values], trend])
+        rows.append([printable(label), *[fmt(v) for v in values], trend])
     return headers, rows
 
 
@@ -158,9 +160,9 @@ def _make_table(headers: list[str], rows: list[list[str]], cols: list[int]) -> T
     table = Table()
     for j in cols:
         justify = "right" if 0 < j < len(headers) - 1 else "left"
-        table.add_column(headers[j], justify=justify, no_wrap=True)
+        table.add_column(literal(headers[j]), justify=justify, no_wrap=True)
     for row in rows:
-        table.add_row(*[row[j] for j in cols])
+        table.add_row(*[literal(row[j]) for j in cols])
     return table
 
 

@@ -10,6 +10,7 @@ submodules below do, and the command line imports them inside its command functi
   model         prepare(): checkpoint + --arch model -> extractor (no forward pass)
   extractors/   finding the classifier and capturing its input: eager, TorchScript, torch.export
   inputs        model inputs, a tensor or named tensors: to_device, batch_len, call_model
+  archives      zip archives (checkpoints, .npz) checked before anything is decompressed
   data/         data sources (array files, image folders, torchvision datasets) -> batches
   devices       --device resolution, autocast
   job           setup(): everything before the first batch, and the file's provenance

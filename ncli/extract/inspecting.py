@@ -33,7 +33,7 @@ def _sample_input(extractor, data, options: ExtractOptions, input_shape):
     if data:
         from ncli.extract.data import open_sources
 
-        source = open_sources([data], x_key=options.x_key, y_key=options.y_key)[0]
+        source = open_sources([data], x_key=options.x_key, y_key=options.y_key, allow_external=options.allow_external)[0]
         return source.head(8), f"8 samples of {source.description}"
     if input_shape:
         try:
@@ -131,8 +131,13 @@ def print_inspect(rec: dict, as_json: bool = False) -> None:
         sys.stdout.write(json.dumps(rec, default=str) + "\n")
         return
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape as escape_markup
     from rich.table import Table
+
+    from ncli.console import printable
+
+    def escape(text: str) -> str:  # names from the checkpoint: control characters escaped, no markup
+        return escape_markup(printable(text))
 
     con = Console()
     con.print(f"[bold]{escape(rec['checkpoint'])}[/bold]", highlight=False, soft_wrap=True)

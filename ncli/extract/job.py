@@ -20,7 +20,7 @@ from ncli.extract.devices import autocast, resolve_device
 from ncli.extract.inputs import to_device
 from ncli.extract.model import Prepared, prepare
 from ncli.extract.options import ExtractOptions
-from ncli.outputs import check_output_path
+from ncli.outputs import check_output_path, same_file
 
 DISCOVERY_ROWS = 8  # rows of the first split run once to find the classifier
 
@@ -68,8 +68,7 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
     """Checks, sources, model and classifier discovery: everything before the loop. Checks the
     output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun)."""
     out = check_output_path(output, options.force)  # before any work
-    ckpt_path = Path(checkpoint)
-    if ckpt_path.exists() and out.exists() and out.resolve() == ckpt_path.resolve():
+    if same_file(out, checkpoint):
         raise UsageError(f"{out}: the output would replace the checkpoint itself")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size {options.batch_size}: must be at least 1")
@@ -79,12 +78,12 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         data = [f"{k}={v}" for k, v in data.items()]
     sources = open_sources(
         list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
-        layout=options.layout, channels=options.channels,
+        layout=options.layout, channels=options.channels, allow_external=options.allow_external,
     )
     extractor = None
     try:
         for source in sources:
-            if getattr(source, "path", None) is not None and out.exists() and Path(source.path).resolve() == out.resolve():
+            if getattr(source, "path", None) is not None and same_file(out, source.path):
                 raise UsageError(f"{out}: the output would replace the data file {source.path}")
         device = resolve_device(options.device)
 

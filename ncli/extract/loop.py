@@ -58,6 +58,7 @@ def write_rows(
     A split whose range is empty is written with zero rows when nothing else is (a torchrun
     rank with no work still leaves a complete shard)."""
     import torch
+    from rich.markup import escape
 
     extractor, device, num_classes, batch_size = job.extractor, job.device, job.num_classes, job.batch_size
     options = job.options
@@ -91,7 +92,7 @@ def write_rows(
                     start, stop = ranges[source.split]
                     if stop <= start:
                         continue
-                    task = bar.add_task(source.split + progress_label, total=stop - start)
+                    task = bar.add_task(escape(source.split) + progress_label, total=stop - start)  # a name, not markup
                     for batch in source.batches(batch_size, options.num_workers, cuda, start=start, stop=stop):
                         labels = batch.labels
                         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ncli.errors import UsageError
+
+INT64 = 1 << 63  # epoch and step are stored as int64 attributes
+
 
 @dataclass(frozen=True)
 class ExtractOptions:
@@ -27,6 +31,7 @@ class ExtractOptions:
     normalize: str | None = None
     layout: str = "auto"  # image arrays: auto | nchw | nhwc
     channels: int | None = None  # images: convert to 1 (gray) or 3 (RGB) channels
+    allow_external: bool = False  # --allow-external: HDF5 data may name other files
     # the run
     batch_size: int = 256
     num_workers: int = 0
@@ -39,6 +44,11 @@ class ExtractOptions:
     flush_rows: int = 8192  # rows gathered per HDF5 append
 
     def __post_init__(self) -> None:
+        for name in ("epoch", "step"):
+            value = getattr(self, name)
+            if value is not None and not -INT64 <= value < INT64:
+                shown = str(value) if value.bit_length() < 140 else f"{str(value)[:20]}..."
+                raise UsageError(f"--{name} {shown}: beyond the int64 range a feature file stores")
         if self.compression in ("none", ""):
             object.__setattr__(self, "compression", None)
         object.__setattr__(self, "layers", tuple(self.layers))

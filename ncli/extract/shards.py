@@ -10,7 +10,7 @@ import numpy as np
 
 from ncli.errors import InputError
 from ncli.features.schema import attr_int, attr_str
-from ncli.outputs import TEMP_PREFIX
+from ncli.outputs import TEMP_PREFIX, fitted_name
 
 COPY_BYTES = 32 << 20  # rows copied per read during assembly
 
@@ -26,13 +26,14 @@ def share(num_samples: int, batch_size: int, rank: int, world_size: int) -> tupl
 
 def shard_dir(out: Path, run_id: str) -> Path:
     """This run's shards: ``.ncli-tmp-shards-<run id>-<OUT name>/`` next to OUT."""
-    return out.with_name(f"{TEMP_PREFIX}shards-{run_id}-{out.name}")
+    return fitted_name(out, f"{TEMP_PREFIX}shards-{run_id}-")  # shortened to the file system's name limit
 
 
 def shard_path(out: Path, run_id: str, rank: int, world_size: int) -> Path:
     """Each rank writes in a folder of its own: a FeatureWriter removes the temporary files of
     writers whose process is gone from its folder, and another node's pid is never alive here."""
-    return shard_dir(out, run_id) / f"rank{rank}-of-{world_size}" / f"{out.stem}.rank{rank}-of-{world_size}.h5"
+    folder = shard_dir(out, run_id) / f"rank{rank}-of-{world_size}"
+    return fitted_name(folder / "shard.h5", "", f"{out.stem}.rank{rank}-of-{world_size}.h5")
 
 
 def remove_shards(out: Path, run_id: str, rank: int, world_size: int, everything: bool) -> None:

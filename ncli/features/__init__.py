@@ -3,6 +3,7 @@ and an atomic streaming writer. Only h5py and numpy; no torch, no CLI.
 
   schema       format constants and attribute conversions
   reader       FeatureFile (validating, streams a split in whole-row chunks)
+  storage      LocalFile: links checked before they are followed, datasets before they are read
   direct_rows  DirectRows: preadv reads of uncompressed datasets, GIL released
   writer       FeatureWriter (temp file + atomic rename), write_features
 """

@@ -1,14 +1,20 @@
 """Reading format-1 feature files (``docs/format.md``): ``FeatureFile(path)`` opens and
 validates the structure (format name/version, shapes, dtypes, split presence, classifier
 shape) without reading the data; ``iter_chunks`` streams a split in whole-row chunks and
-validates labels (integer, in [0, C)) chunk by chunk. Only h5py and numpy here."""
+validates labels (integer, in [0, C)) chunk by chunk. Only h5py and numpy here.
+
+A hostile or damaged file is an input error naming it, never a crash: only a regular file is
+opened; links are checked before they are followed and every dataset before it is read
+(:mod:`ncli.features.storage`: nothing from other files unless ``allow_external``, no
+dataset claiming more than it stores); HDF5's own errors (a damaged B-tree, a truncated
+file) are reported as such."""
 
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Mapping
 
 import h5py
@@ -17,6 +23,9 @@ import numpy as np
 from ncli.errors import InputError
 from ncli.features.direct_rows import DirectRows
 from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, RESERVED_GROUPS, attr_int, attr_str
+from ncli.features.storage import LocalFile
+
+HDF5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)  # what h5py raises on damage
 
 
 @dataclass(frozen=True)
@@ -38,34 +47,51 @@ class Chunk:
     labels: np.ndarray  # (n,) int64, validated in [0, C)
 
 
-class FeatureFile:
-    """A validated, read-only view of a format-1 feature file."""
+def check_regular_file(path: str, what: str = "a feature file") -> os.stat_result:
+    """stat ``path``: InputError unless it is a regular file that can be looked at (a device or
+    a FIFO would hang or never end; a folder that cannot be searched is named)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is not a regular file (a device, FIFO or socket), not {what}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: cannot read (permission denied)")
+    return st
 
-    def __init__(self, path: str | os.PathLike):
+
+class FeatureFile:
+    """A validated, read-only view of a format-1 feature file. ``allow_external``: follow
+    external links and read virtual or externally stored datasets (other files)."""
+
+    def __init__(self, path: str | os.PathLike, *, allow_external: bool = False):
         self.path = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{self.path}: no such file")
-        if p.is_dir():
-            raise InputError(f"{self.path}: is a directory, not a feature file")
+        check_regular_file(self.path)
         try:
             is_h5 = h5py.is_hdf5(self.path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise InputError(f"{self.path}: cannot read file ({exc})") from None
         if not is_h5:
             raise InputError(f"{self.path}: not an HDF5 file (expected an ncli feature file)")
         try:
             self._h5 = h5py.File(self.path, "r")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise InputError(f"{self.path}: cannot open HDF5 file, truncated or damaged? ({exc})") from None
+        self._local = LocalFile(self._h5, self.path, allow_external=allow_external)
+        self._datasets: dict[str, h5py.Dataset] = {}  # validated handles, by path in the file
         try:
             self._validate()
         except InputError:
             self._h5.close()
             raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except HDF5_ERRORS as exc:
             self._h5.close()
-            raise InputError(f"{self.path}: damaged HDF5 file ({exc})") from None
+            raise InputError(f"{self.path}: damaged HDF5 file ({type(exc).__name__}: {exc})") from None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> "FeatureFile":
@@ -109,11 +135,15 @@ class FeatureFile:
         self.step = attr_int(attrs.get("step"))
         self.feature_layer = attr_str(attrs.get("feature_layer"))
 
+        local = self._local
         splits: dict[str, SplitInfo] = {}
-        for name, obj in f.items():
-            if name in RESERVED_GROUPS or not isinstance(obj, h5py.Group):
+        for name in local.names(f):
+            if name in RESERVED_GROUPS or name == "class_names":
                 continue
-            if "features" not in obj and "labels" not in obj:
+            obj = local.child(f, name)
+            if not isinstance(obj, h5py.Group):
+                continue
+            if not local.has(obj, "features") and not local.has(obj, "labels"):
                 continue  # an unrelated group; readers ignore what they do not know
             splits[name] = self._validate_split(name, obj)
         if not splits:
@@ -126,37 +156,46 @@ class FeatureFile:
         self.feature_dim = dims.pop()
 
         self.has_classifier = False
-        if "classifier" in f:
-            g = f["classifier"]
+        if local.has(f, "classifier"):
+            g = local.child(f, "classifier")
             if not isinstance(g, h5py.Group):
                 raise self._fail("/classifier is not a group")
-            if "bias" in g and "weight" not in g:
+            if local.has(g, "bias") and not local.has(g, "weight"):
                 raise self._fail("/classifier/bias present without /classifier/weight")
-            if "weight" in g:
-                w = g["weight"]
-                if not isinstance(w, h5py.Dataset) or w.dtype.kind != "f":
+            if local.has(g, "weight"):
+                w = local.dataset(g, "weight")
+                if w is None or w.dtype.kind != "f":
                     raise self._fail("/classifier/weight must be a float dataset")
                 if w.shape != (C, self.feature_dim):
                     raise self._fail(
                         f"/classifier/weight has shape {w.shape}, expected (num_classes, feature_dim) = "
                         f"({C}, {self.feature_dim})"
                     )
-                if "bias" in g:
-                    b = g["bias"]
-                    if not isinstance(b, h5py.Dataset) or b.dtype.kind != "f":
+                self._datasets["classifier/weight"] = w
+                if local.has(g, "bias"):
+                    b = local.dataset(g, "bias")
+                    if b is None or b.dtype.kind != "f":
                         raise self._fail("/classifier/bias must be a float dataset")
                     if b.shape != (C,):
                         raise self._fail(f"/classifier/bias has shape {b.shape}, expected ({C},)")
+                    self._datasets["classifier/bias"] = b
                 self.has_classifier = True
+        if local.has(f, "class_names"):
+            names = local.dataset(f, "class_names")
+            text = names is not None and (h5py.check_string_dtype(names.dtype) is not None or names.dtype.kind in "SU")
+            if not text or names.ndim != 1:
+                raise self._fail("/class_names must be a 1-D dataset of strings")
+            self._datasets["class_names"] = names
 
     def _validate_split(self, name: str, g: h5py.Group) -> SplitInfo:
         where = f"split {name!r}"
-        if "features" not in g:
+        local = self._local
+        if not local.has(g, "features"):
             raise self._fail(f"{where}: /{name}/features missing")
-        if "labels" not in g:
+        if not local.has(g, "labels"):
             raise self._fail(f"{where}: /{name}/labels missing")
-        feats, labels = g["features"], g["labels"]
-        if not isinstance(feats, h5py.Dataset) or not isinstance(labels, h5py.Dataset):
+        feats, labels = local.dataset(g, "features"), local.dataset(g, "labels")
+        if feats is None or labels is None:
             raise self._fail(f"{where}: features and labels must be datasets")
         if feats.ndim != 2:
             raise self._fail(f"{where}: features must be 2-D (N, p), got shape {feats.shape}")
@@ -173,29 +212,32 @@ class FeatureFile:
             raise self._fail(f"{where}: the split is empty (0 rows)")
         if p == 0:
             raise self._fail(f"{where}: features have 0 columns")
-        has_logits = "logits" in g
+        has_logits = local.has(g, "logits")
         if has_logits:
-            lg = g["logits"]
-            if not isinstance(lg, h5py.Dataset) or lg.shape != (n, self.num_classes):
+            lg = local.dataset(g, "logits")
+            if lg is None or lg.shape != (n, self.num_classes):
                 raise self._fail(
                     f"{where}: logits have shape {getattr(lg, 'shape', None)}, expected ({n}, {self.num_classes})"
                 )
-        has_index = "index" in g
+        has_index = local.has(g, "index")
         if has_index:
-            ix = g["index"]
-            if not isinstance(ix, h5py.Dataset) or ix.shape != (n,) or ix.dtype.kind not in "iu":
+            ix = local.dataset(g, "index")
+            if ix is None or ix.shape != (n,) or ix.dtype.kind not in "iu":
                 raise self._fail(f"{where}: index must be an integer dataset of shape ({n},)")
         layers: list[str] = []
         depths: dict[str, int] = {}
-        if "layers" in g and isinstance(g["layers"], h5py.Group):
-            for lname, ds in g["layers"].items():
-                if not isinstance(ds, h5py.Dataset):
+        group = local.child(g, "layers") if local.has(g, "layers") else None
+        if isinstance(group, h5py.Group):
+            for lname in local.names(group):
+                ds = local.dataset(group, lname)
+                if ds is None:
                     continue
                 if ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
                     raise self._fail(
                         f"{where}: layer {lname!r} must be a float (N, p_l) dataset with N = {n}, got "
                         f"{ds.dtype} {ds.shape}"
                     )
+                self._datasets[f"{name}/layers/{lname}"] = ds
                 layers.append(lname)
                 try:
                     depth = attr_int(ds.attrs.get("depth"))
@@ -205,7 +247,18 @@ class FeatureFile:
                     depths[lname] = depth
         # forward order (the depth ncli extract records), then the rest in file order
         layers.sort(key=lambda lname: (lname not in depths, depths.get(lname, 0)))
+        self._datasets[f"{name}/features"], self._datasets[f"{name}/labels"] = feats, labels
         return SplitInfo(name, n, p, feats.dtype, has_logits, has_index, tuple(layers), depths)
+
+    def _shrunk(self) -> bool:
+        """Whether the open file is now shorter than when it was opened."""
+        if self._local.file_size is None:
+            return False
+        try:
+            size = os.fstat(self._h5.id.get_vfd_handle()).st_size if self._h5.driver == "sec2" else os.path.getsize(self.path)
+        except (OSError, ValueError, TypeError):
+            return False
+        return size < self._local.file_size
 
     # -- access ----------------------------------------------------------------------
     @property
@@ -244,29 +297,31 @@ class FeatureFile:
         if layer not in info.layers:
             have = ", ".join(info.layers) or "none"
             raise self._fail(f"split {split!r} has no layer {layer!r} (layers: {have})")
-        ds = self._h5[split]["layers"][layer]
-        return ds.shape
+        return self._datasets[f"{split}/layers/{layer}"].shape
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(W, b) as float64, b zeros when absent; None when the file has no classifier."""
         if not self.has_classifier:
             return None
-        g = self._h5["classifier"]
-        W = np.asarray(g["weight"][...], dtype=np.float64)
-        b = (
-            np.asarray(g["bias"][...], dtype=np.float64)
-            if "bias" in g
-            else np.zeros(self.num_classes, dtype=np.float64)
-        )
+        try:
+            W = np.asarray(self._datasets["classifier/weight"][...], dtype=np.float64)
+            bias = self._datasets.get("classifier/bias")
+            b = np.asarray(bias[...], dtype=np.float64) if bias is not None else np.zeros(self.num_classes, dtype=np.float64)
+        except HDF5_ERRORS as exc:
+            raise self._fail(f"cannot read the classifier ({type(exc).__name__}: {exc})") from None
         for arr, what in ((W, "weight"), (b, "bias")):
             if not np.isfinite(arr).all():
                 raise self._fail(f"/classifier/{what} contains NaN or Inf")
         return W, b
 
     def class_names(self) -> list[str] | None:
-        if "class_names" not in self._h5:
+        ds = self._datasets.get("class_names")
+        if ds is None:
             return None
-        raw = self._h5["class_names"][...]
+        try:
+            raw = ds[...]
+        except HDF5_ERRORS as exc:
+            raise self._fail(f"cannot read /class_names ({type(exc).__name__}: {exc})") from None
         names = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in raw.tolist()]
         return names if len(names) == self.num_classes else None
 
@@ -283,9 +338,9 @@ class FeatureFile:
     def _features_ds(self, split: str, layer: str | None) -> h5py.Dataset:
         self.split(split)
         if layer is None:
-            return self._h5[split]["features"]
+            return self._datasets[f"{split}/features"]
         self.layer_info(split, layer)
-        return self._h5[split]["layers"][layer]
+        return self._datasets[f"{split}/layers/{layer}"]
 
     def iter_chunks(
         self, split: str, chunk_rows: int | None = None, layer: str | None = None
@@ -297,7 +352,7 @@ class FeatureFile:
         """
         info = self.split(split)
         feats = self._features_ds(split, layer)
-        labels = self._h5[split]["labels"]
+        labels = self._datasets[f"{split}/labels"]
         rows = int(chunk_rows or self.default_chunk_rows(split, layer))
         if rows < 1:
             raise ValueError("chunk_rows must be positive")
@@ -310,9 +365,12 @@ class FeatureFile:
         def read(start: int) -> tuple[int, np.ndarray, np.ndarray]:
             stop = min(n, start + rows)
             try:
-                return start, read_rows(start, stop), labels[start:stop]
-            except (OSError, ValueError) as exc:
-                raise self._fail(f"split {split!r}: cannot read rows {start}..{stop - 1} ({exc})") from None
+                got = start, read_rows(start, stop), labels[start:stop]
+            except HDF5_ERRORS as exc:  # a damaged chunk, a file truncated while it is read
+                raise self._fail(f"split {split!r}: cannot read rows {start}..{stop - 1} ({type(exc).__name__}: {exc})") from None
+            if self._shrunk():  # HDF5 returns zeros past the end of a file cut short after it was opened
+                raise self._fail(f"split {split!r}: cannot read rows {start}..{stop - 1} (the file was truncated while it was read)")
+            return got
 
         # Read the next chunk in a background thread while the caller computes on this one
         # (HDF5 reads and BLAS overlap; h5py serialises its own calls).

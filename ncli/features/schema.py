@@ -9,6 +9,7 @@ FORMAT_NAME = "ncli.features"
 FORMAT_VERSION = 1
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file without user block
 RESERVED_GROUPS = {"classifier"}  # root groups that are not splits
+RESERVED_NAMES = RESERVED_GROUPS | {"class_names"}  # root names a split may not take
 CHUNK_BYTES = 1 << 20  # about 1 MiB of whole rows per HDF5 chunk
 
 
@@ -35,6 +36,21 @@ def attr_int(value) -> int | None:
         return int(value.item())
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
+    return None
+
+
+def split_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a split of a feature file (an HDF5 group at the root), or None."""
+    if not name:
+        return "it is empty"
+    if "/" in name:
+        return "it contains '/' (a path in HDF5)"
+    if name in (".", ".."):
+        return "HDF5 reads it as a path"
+    if name in RESERVED_NAMES:
+        return "the format reserves it"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains control characters"
     return None
 
 

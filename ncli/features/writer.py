@@ -4,20 +4,27 @@
 resizable datasets into a temporary file next to ``path`` and moves it into place only when
 the ``with`` block ends without an exception (:mod:`ncli.outputs`); an existing ``path`` is
 never replaced unless ``force=True``. On error or Ctrl-C the temporary file is removed.
+
+A full disk: HDF5 caches writes, so a write can fail long after the call that made it (when a
+dataset handle closes, at flush, at exit). The writer keeps every dataset handle open until it
+closes the file itself, turns the first failure into one error naming the output
+(:func:`ncli.outputs.write_failure`), and drops the temporary file without writing anything
+more (:meth:`FeatureWriter.abort`), so nothing is left for HDF5 to flush later.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
 import h5py
 import numpy as np
 
-from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, RESERVED_GROUPS, rows_per_chunk
-from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
+from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, rows_per_chunk, split_name_problem
+from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for, write_failure
 
 
 class FeatureWriter:
@@ -53,6 +60,7 @@ class FeatureWriter:
         self.features_dtype = np.dtype(features_dtype) if features_dtype is not None else None
         self.tmp = temp_path_for(self.path)
         self._h5: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # open until the file closes (see module docstring)
         self._attrs = dict(attrs or {})
         self._layer_attrs = {name: dict(values) for name, values in (layer_attrs or {}).items()}
         self._rows: dict[str, int] = {}
@@ -60,15 +68,16 @@ class FeatureWriter:
     def __enter__(self) -> "FeatureWriter":
         cleanup_stale_temps(self.tmp.parent)  # leftovers of killed runs (their pid is gone)
         try:
-            self._h5 = h5py.File(self.tmp, "w")
-            a = self._h5.attrs
-            a["ncli_format"] = FORMAT_NAME
-            a["ncli_format_version"] = np.int64(FORMAT_VERSION)
-            a["num_classes"] = np.int64(self.num_classes)
             from ncli import __version__
 
-            a["created_by"] = f"ncli {__version__}"
-            self.set_attrs(**self._attrs)
+            with self._writing():
+                self._h5 = h5py.File(self.tmp, "w")
+                a = self._h5.attrs
+                a["ncli_format"] = FORMAT_NAME
+                a["ncli_format_version"] = np.int64(FORMAT_VERSION)
+                a["num_classes"] = np.int64(self.num_classes)
+                a["created_by"] = f"ncli {__version__}"
+                self._set_attrs(self._attrs)
         except BaseException:  # __exit__ is not called when __enter__ fails
             self.abort()
             raise
@@ -80,9 +89,26 @@ class FeatureWriter:
         else:
             self.abort()
 
+    @contextmanager
+    def _writing(self):
+        """A write that fails for lack of space (or access) becomes one error naming the output;
+        the temporary file is dropped at once."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            problem = write_failure(self.path, exc)
+            if problem is None:
+                raise
+            self.abort()
+            raise problem from None
+
     # -- content -------------------------------------------------------------------------
     def set_attrs(self, **attrs) -> None:
         assert self._h5 is not None, "use FeatureWriter as a context manager"
+        with self._writing():
+            self._set_attrs(attrs)
+
+    def _set_attrs(self, attrs: Mapping) -> None:
         for k, v in attrs.items():
             if v is None:
                 continue
@@ -103,23 +129,26 @@ class FeatureWriter:
             raise ValueError(f"classifier weight must be ({self.num_classes}, p), got {W.shape}")
         if W.dtype.kind != "f":
             W = W.astype(np.float32)
-        g = self._h5.require_group("classifier")
-        g.create_dataset("weight", data=W)
-        if bias is not None:
-            b = np.asarray(bias)
-            if b.shape != (self.num_classes,):
-                raise ValueError(f"classifier bias must be ({self.num_classes},), got {b.shape}")
-            g.create_dataset("bias", data=b if b.dtype.kind == "f" else b.astype(np.float32))
+        b = None if bias is None else np.asarray(bias)
+        if b is not None and b.shape != (self.num_classes,):
+            raise ValueError(f"classifier bias must be ({self.num_classes},), got {b.shape}")
+        with self._writing():
+            g = self._h5.require_group("classifier")
+            g.create_dataset("weight", data=W)
+            if b is not None:
+                g.create_dataset("bias", data=b if b.dtype.kind == "f" else b.astype(np.float32))
 
     def set_class_names(self, names) -> None:
         assert self._h5 is not None
         names = [str(n) for n in names]
         if len(names) != self.num_classes:
             raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
-        self._h5.create_dataset("class_names", data=names, dtype=h5py.string_dtype("utf-8"))
+        with self._writing():
+            self._h5.create_dataset("class_names", data=names, dtype=h5py.string_dtype("utf-8"))
 
     def _append_ds(self, group: h5py.Group, name: str, data: np.ndarray, start: int) -> None:
-        if name not in group:
+        key = f"{group.name}/{name}"
+        if key not in self._datasets:
             if start != 0:
                 raise ValueError(f"{group.name}/{name}: first append must start the split")
             row_shape = data.shape[1:]
@@ -127,7 +156,7 @@ class FeatureWriter:
             # ~1 MiB of whole rows, but no larger than needed when the first append is small
             # (a tiny split then stays tiny on disk; streaming appends keep >= 256-row chunks)
             rows = min(rows_per_chunk(row_items, data.dtype.itemsize), max(256, data.shape[0]))
-            group.create_dataset(
+            self._datasets[key] = group.create_dataset(
                 name,
                 shape=(0,) + row_shape,
                 maxshape=(None,) + row_shape,
@@ -135,7 +164,7 @@ class FeatureWriter:
                 chunks=(rows,) + row_shape,
                 compression=self.compression,
             )
-        ds = group[name]
+        ds = self._datasets[key]
         if ds.shape[0] != start:
             raise ValueError(f"{ds.name}: appended out of step ({ds.shape[0]} rows, expected {start})")
         ds.resize(start + data.shape[0], axis=0)
@@ -153,8 +182,9 @@ class FeatureWriter:
     ) -> None:
         """Append rows to a split (creating it on first call)."""
         assert self._h5 is not None
-        if split in RESERVED_GROUPS or not split or "/" in split:
-            raise ValueError(f"invalid split name {split!r}")
+        problem = split_name_problem(split)
+        if problem is not None:
+            raise ValueError(f"invalid split name {split!r}: {problem}")
         H = np.asarray(features)
         if H.ndim != 2:
             raise ValueError(f"features must be 2-D, got shape {H.shape}")
@@ -166,27 +196,28 @@ class FeatureWriter:
         if y.shape != (H.shape[0],) or y.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({H.shape[0]},), got {y.dtype} {y.shape}")
         y = y.astype(np.int64, copy=False)
+        lg = None if logits is None else np.asarray(logits, dtype=np.float32)
+        if lg is not None and lg.shape != (H.shape[0], self.num_classes):
+            raise ValueError(f"logits must be ({H.shape[0]}, {self.num_classes}), got {lg.shape}")
         start = self._rows.get(split, 0)
-        g = self._h5.require_group(split)
-        self._append_ds(g, "features", H, start)
-        self._append_ds(g, "labels", y, start)
-        if logits is not None:
-            lg = np.asarray(logits, dtype=np.float32)
-            if lg.shape != (H.shape[0], self.num_classes):
-                raise ValueError(f"logits must be ({H.shape[0]}, {self.num_classes}), got {lg.shape}")
-            self._append_ds(g, "logits", lg, start)
-        if index is not None:
-            self._append_ds(g, "index", np.asarray(index, dtype=np.int64), start)
-        for lname, arr in (layers or {}).items():
-            a = np.asarray(arr)
-            a = a.reshape(a.shape[0], -1)
-            if a.dtype.kind != "f":
-                a = a.astype(np.float32)
-            layers = g.require_group("layers")
-            self._append_ds(layers, lname, a, start)
-            if start == 0:
-                for key, value in self._layer_attrs.get(lname, {}).items():
-                    layers[lname].attrs[key] = np.int64(value) if isinstance(value, int) else str(value)
+        with self._writing():
+            g = self._h5.require_group(split)
+            self._append_ds(g, "features", H, start)
+            self._append_ds(g, "labels", y, start)
+            if lg is not None:
+                self._append_ds(g, "logits", lg, start)
+            if index is not None:
+                self._append_ds(g, "index", np.asarray(index, dtype=np.int64), start)
+            for lname, arr in (layers or {}).items():
+                a = np.asarray(arr)
+                a = a.reshape(a.shape[0], -1)
+                if a.dtype.kind != "f":
+                    a = a.astype(np.float32)
+                layer_group = g.require_group("layers")
+                self._append_ds(layer_group, lname, a, start)
+                if start == 0:
+                    for key, value in self._layer_attrs.get(lname, {}).items():
+                        layer_group[lname].attrs[key] = np.int64(value) if isinstance(value, int) else str(value)
         self._rows[split] = start + H.shape[0]
 
     # -- completion ------------------------------------------------------------------------
@@ -197,23 +228,34 @@ class FeatureWriter:
         try:
             if not self._rows:
                 raise ValueError("no split was written")
-            self._h5.flush()
-            self._h5.close()
-            self._h5 = None
-            commit(self.tmp, self.path, force=self.force)
+            with self._writing():
+                self._h5.flush()
+                self._h5.close()
+                self._h5 = None
+                self._datasets.clear()
+                commit(self.tmp, self.path, force=self.force)
         except BaseException:
             self.abort()
             raise
         return self.path
 
     def abort(self) -> None:
-        """Drop everything written so far; the final path is left untouched."""
-        if self._h5 is not None:
+        """Drop everything written so far; the final path is left untouched. Nothing more is
+        written to the disk: HDF5's pending writes go to /dev/null (the file is dropped), so
+        closing cannot fail, even on a full disk, and HDF5 has nothing left to flush at exit."""
+        h5, self._h5 = self._h5, None
+        if h5 is not None:
             try:
-                self._h5.close()
+                if os.name == "posix" and h5.driver == "sec2":
+                    null = os.open(os.devnull, os.O_RDWR)
+                    try:
+                        os.dup2(null, h5.id.get_vfd_handle())
+                    finally:
+                        os.close(null)
+                h5.close()  # closes the dataset handles too (self._datasets become invalid)
             except Exception:
                 pass
-            self._h5 = None
+        self._datasets.clear()
         try:
             self.tmp.unlink(missing_ok=True)
         except OSError:

@@ -24,10 +24,10 @@ from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 SCHEMA = "ncli.measure/1"
 
 
-def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
+def list_layers(path: str | os.PathLike, split: str = "train", *, allow_external: bool = False) -> list[str]:
     """Names of the intermediate layers stored for ``split`` (for ``--layer all``), in forward
     order when the file records each layer's depth."""
-    with FeatureFile(path) as ff:
+    with FeatureFile(path, allow_external=allow_external) as ff:
         layers = list(ff.split(split).layers)
     if not layers:
         raise InputError(f"{path}: split {split!r} stores no layers (/{split}/layers/...)")
@@ -52,6 +52,7 @@ def measure_file(
     layer: str | None = None,
     chunk_rows: int | None = None,
     backend=None,
+    allow_external: bool = False,
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
 
@@ -62,15 +63,21 @@ def measure_file(
     ``backend`` does the per-block arithmetic: a :class:`ncli.measure.engine.NumpyBackend`
     (the default, on all CPUs; bit-reproducible) or a
     :class:`ncli.measure.engine_torch.TorchBackend` (a torch device).
+    ``allow_external``: read datasets stored in other files (``--allow-external``).
     """
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
     backend = backend if backend is not None else NumpyBackend()
-    with FeatureFile(path) as ff:
+    with FeatureFile(path, allow_external=allow_external) as ff:
         info = ff.split(split)
         num_classes = ff.num_classes
         if num_classes < 2:
             raise InputError(f"{path}: num_classes is {num_classes}; Neural Collapse metrics need at least 2 classes")
+        if num_classes > info.num_samples:  # before C × p statistics are allocated
+            raise InputError(
+                f"{path}: num_classes is {num_classes} but split {split!r} has {info.num_samples} rows; "
+                "every class needs at least one sample"
+            )
         if layer is not None:
             dim = ff.layer_info(split, layer)[1]
             classifier = None
@@ -162,12 +169,20 @@ def build_record(
     return record
 
 
+INT64 = 1 << 63  # integers in a record fit int64 (a 400-digit one would overflow every float)
+
+
 def _is_int_or_none(v) -> bool:
-    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64)
 
 
 def _is_number_or_none(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    return isinstance(v, float) or _is_int_or_none(v)
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def validate_record(obj, where: str) -> dict:
@@ -182,25 +197,25 @@ def validate_record(obj, where: str) -> dict:
         raise InputError(f"{where}: measure record without a 'file' string")
     for key in ("epoch", "step"):
         if not _is_int_or_none(obj.get(key)):
-            raise InputError(f"{where}: measure record: {key!r} must be an integer or null, not {obj.get(key)!r}")
+            raise InputError(f"{where}: measure record: {key!r} must be an integer (int64) or null, not {_shown(obj.get(key))}")
     if not _is_int_or_none(obj.get("layer_depth")):
-        raise InputError(f"{where}: measure record: 'layer_depth' must be an integer or null, not {obj.get('layer_depth')!r}")
+        raise InputError(f"{where}: measure record: 'layer_depth' must be an integer (int64) or null, not {_shown(obj.get('layer_depth'))}")
     for key in ("layer", "train_split", "global_mean"):
         if not (obj.get(key) is None or isinstance(obj.get(key), str)):
-            raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {obj.get(key)!r}")
+            raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {_shown(obj.get(key))}")
     values = obj.get("metrics")
     if not isinstance(values, dict) or not values:
         raise InputError(f"{where}: measure record without a 'metrics' object")
     for k, v in values.items():
         if not _is_number_or_none(v):
-            raise InputError(f"{where}: measure record: metric {k!r} is {v!r}, not a number or null")
+            raise InputError(f"{where}: measure record: metric {_shown(k)} is {_shown(v)}, not a number (int64 or float) or null")
     splits = obj.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise InputError(f"{where}: measure record without a 'splits' object")
     for s, d in splits.items():
         if not isinstance(d, dict):
-            raise InputError(f"{where}: measure record: split {s!r} is not an object")
+            raise InputError(f"{where}: measure record: split {_shown(s)} is not an object")
         for k in registry.SPLIT_KEYS:
             if not _is_number_or_none(d.get(k)):
-                raise InputError(f"{where}: measure record: split {s!r} {k!r} is {d.get(k)!r}, not a number or null")
+                raise InputError(f"{where}: measure record: split {_shown(s)} {k!r} is {_shown(d.get(k))}, not a number (int64 or float) or null")
     return obj

@@ -2,7 +2,8 @@
 
 Tables go to stdout. When stdout is not a terminal the console is made wide enough that no
 number is ever cut or wrapped; the table shows 6 significant digits, ``--json`` gives full
-precision.
+precision. Names from files (file, layer, split, class names) are shown as text: control
+characters escaped, never read as rich markup.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from ncli.console import fmt, make_console
+from ncli.console import fmt, literal, make_console, plain_text, printable
 from ncli.measure.registry import CAPTIONS, SPLIT_NUMBERS
 
 if TYPE_CHECKING:  # rich is imported when a table is drawn (`--json` runs never load it)
@@ -35,10 +36,11 @@ def record_json(record: dict) -> str:
 
 
 def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True) -> list[str]:
-    """[file (or ``name``), "layer L", "epoch E", "step S"] for headings and column heads."""
-    bits = [rec["file"] if name is None else name]
+    """[file (or ``name``), "layer L", "epoch E", "step S"] for headings and column heads, with
+    control characters escaped (:func:`ncli.console.printable`)."""
+    bits = [printable(rec["file"] if name is None else name)]
     if with_layer and rec.get("layer"):
-        bits.append(f"layer {rec['layer']}")
+        bits.append(f"layer {printable(rec['layer'])}")
     if rec.get("epoch") is not None:
         bits.append(f"epoch {rec['epoch']}")
     if rec.get("step") is not None:
@@ -59,14 +61,14 @@ def metrics_table(records: list[dict]) -> Table:
     table.add_column("meaning", no_wrap=True, style="dim")
     for rec in records:
         head = "value" if single else "\n".join(run_label_parts(rec))
-        table.add_column(head, justify="right", no_wrap=True)
+        table.add_column(literal(head), justify="right", no_wrap=True)
     for key in records[0]["metrics"]:
-        table.add_row(key, CAPTIONS.get(key, ""), *[fmt(r["metrics"].get(key)) for r in records])
+        table.add_row(plain_text(key), CAPTIONS.get(key, ""), *[fmt(r["metrics"].get(key)) for r in records])
     return table
 
 
 def splits_heading(rec: dict, with_file: bool = False) -> str:
-    title = f"splits (class statistics from {rec.get('train_split', 'train')!r})"
+    title = f"splits (class statistics from {printable(repr(rec.get('train_split', 'train')))})"
     return f"{_title(rec)}: {title}" if with_file else title
 
 
@@ -78,7 +80,7 @@ def splits_table(rec: dict) -> Table:
     for number in SPLIT_NUMBERS:
         table.add_column(number.column or number.key, justify="right", no_wrap=True)
     for name, values in rec["splits"].items():
-        table.add_row(name, *[fmt(values[number.key]) for number in SPLIT_NUMBERS])
+        table.add_row(plain_text(name), *[fmt(values[number.key]) for number in SPLIT_NUMBERS])
     return table
 
 
@@ -95,7 +97,7 @@ def per_class_table(rec: dict) -> Table:
     for row in rec["per_class"]:
         table.add_row(
             str(row["class"]),
-            row.get("name") or "",
+            plain_text(row.get("name") or ""),
             fmt(row["num_samples"]),
             fmt(row["sigma2"]),
             fmt(row["mean_dist"]),
@@ -114,13 +116,14 @@ def print_records(records: list[dict], *, per_class: bool = False, file=None) ->
         return
     several = len(records) > 1
     if not several:
-        console.print(_title(records[0]), highlight=False)
+        console.print(literal(_title(records[0])), highlight=False)
     console.print(metrics_table(records))
     for rec in records:
-        console.print(splits_heading(rec, with_file=several), highlight=False)
+        console.print(literal(splits_heading(rec, with_file=several)), highlight=False)
         console.print(splits_table(rec))
         if per_class and "per_class" in rec:
-            console.print(f"per class (train statistics){': ' + rec['file'] if several else ''}", highlight=False)
+            where = f": {printable(rec['file'])}" if several else ""
+            console.print(literal(f"per class (train statistics){where}"), highlight=False)
             console.print(per_class_table(rec))
     if any(not rec.get("has_classifier", True) for rec in records):
         console.print("— : not available (the file stores no classifier)", style="dim", highlight=False)

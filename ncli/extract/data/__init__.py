@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ncli.errors import InputError, UsageError
 from ncli.extract.data.arrays import ArraySource, file_kind, h5_names, npz_names, splits_in
+from ncli.features.schema import split_name_problem
 from ncli.extract.data.batch import BatchOut
 from ncli.extract.data.images import TorchDatasetSource, folder_classes, parse_normalize, split_folders
 from ncli.extract.data.pixels import ImageOptions
@@ -53,14 +54,19 @@ def parse_data_arg(item: str) -> tuple[str | None, str]:
     if sep and _SPLIT_RE.match(name) and not Path(item).exists():
         if not rest:
             raise UsageError(f"--data {item!r}: nothing after '='; expected SPLIT=SOURCE")
-        if name == "classifier" or name == "class_names":
-            raise UsageError(f"--data {item!r}: {name!r} is reserved in the file format; choose another split name")
+        problem = split_name_problem(name)
+        if problem is not None:
+            raise UsageError(f"--data {item!r}: a feature file cannot hold a split named {name!r} ({problem}); choose another name")
         return name, rest
     return None, item
 
 
-def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=None, layout="auto", channels=None) -> list:
-    """Parse and open every --data item (cheap: nothing is read beyond shapes)."""
+def open_sources(
+    items, *, x_key=None, y_key=None, image_size=None, normalize=None, layout="auto", channels=None, allow_external=False
+) -> list:
+    """Parse and open every --data item (cheap: nothing is read beyond shapes). Split names the
+    format cannot hold are refused here, before the model runs. ``allow_external``: HDF5 data may
+    read other files (external links, virtual datasets, external storage)."""
     if not items:
         raise UsageError("give at least one --data SPLIT=SOURCE (e.g. --data train=data.npz --data test=data.npz)")
     norm = parse_normalize(normalize)
@@ -83,7 +89,7 @@ def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=No
             ]
         else:
             path = Path(text)
-            if split is None and path.exists() and not (x_key or y_key) and file_kind(path) != "?":
+            if split is None and path.is_file() and not (x_key or y_key) and file_kind(path) != "?":
                 try:
                     names = h5_names(path) if file_kind(path) == "h5" else npz_names(path)
                 except Exception as exc:  # truncated or damaged
@@ -94,9 +100,16 @@ def open_sources(items, *, x_key=None, y_key=None, image_size=None, normalize=No
                         f"--data {text}: no x/y or x_<split>/y_<split> datasets, nor inputs named for the model "
                         f"(input_ids, ...) (the file has: {', '.join(names[:20])})"
                     )
-                opened = [ArraySource(name, text, images=images) for name in splits]
+                for name in splits:
+                    problem = split_name_problem(name)
+                    if problem is not None:
+                        raise InputError(
+                            f"--data {text}: holds x_{name}/y_{name}, but a feature file cannot hold a split named {name!r} "
+                            f"({problem}); name it: --data NAME={text} --x-key x_{name} --y-key y_{name}"
+                        )
+                opened = [ArraySource(name, text, images=images, allow_external=allow_external) for name in splits]
             else:
-                opened = [ArraySource(split or "train", text, x_key, y_key, images=images)]
+                opened = [ArraySource(split or "train", text, x_key, y_key, images=images, allow_external=allow_external)]
         for source in opened:
             if source.split in seen:
                 raise UsageError(f"--data: split {source.split!r} given twice")

@@ -4,11 +4,16 @@ Datasets ``x``, ``y``; else ``x_<split>``, ``y_<split>``; or ``--x-key/--y-key``
 a key is replaced by the split name). HDF5 is read batch by batch; an uncompressed .npz
 (``np.savez``) is memory-mapped; a compressed one is read into memory. Float inputs are cast to
 the model's dtype, integer inputs (token ids) are passed as int64.
+
+Only regular files are opened. HDF5 datasets are reached with their links checked and their
+storage in the file itself (``ncli.features.storage``; other files only with --allow-external);
+an .npz's zip sizes are checked before anything is decompressed (``ncli.extract.archives``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -17,9 +22,11 @@ from typing import Iterator
 import numpy as np
 
 from ncli.errors import InputError, UsageError
+from ncli.extract.archives import zip_problem
 from ncli.extract.data.batch import BatchOut, row_range
 from ncli.extract.data.pixels import PixelTransform, is_image_array
 from ncli.features.schema import HDF5_SIGNATURE
+from ncli.features.storage import LocalFile
 
 
 def file_kind(path: Path) -> str:
@@ -39,11 +46,17 @@ def npz_names(path: Path) -> list[str]:
 
 
 def h5_names(path: Path) -> list[str]:
+    """Paths of the datasets and of the soft and external links (not followed) in an HDF5 file."""
     import h5py
 
     names: list[str] = []
+
+    def visit(name: str, link) -> None:
+        if not isinstance(link, h5py.HardLink) or isinstance(f.get(name), h5py.Dataset):
+            names.append(name)
+
     with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        f.visititems_links(visit)  # groups are entered by hard links only
     return names
 
 
@@ -104,7 +117,7 @@ def splits_in(names) -> list[str]:
     found = [n[2:] for n in names if n.startswith("x_") and f"y_{n[2:]}" in names]
     for stem in MODEL_INPUT_NAMES:
         found += [n[len(stem) + 1:] for n in names if n.startswith(stem + "_") and n[len(stem) + 1:] not in found]
-    return [s for s in dict.fromkeys(found) if s]
+    return list(dict.fromkeys(found))  # an empty or odd name is refused by the caller, by name
 
 
 class ArraySource:
@@ -113,20 +126,34 @@ class ArraySource:
     (``input_ids``, ``attention_mask``, ...: named tensors); the labels ``y`` or ``labels``,
     which a causal language model does without (its labels are the next tokens)."""
 
-    def __init__(self, split: str, path: str, x_key: str | None = None, y_key: str | None = None, images=None):
+    def __init__(
+        self, split: str, path: str, x_key: str | None = None, y_key: str | None = None, images=None, *,
+        allow_external: bool = False,
+    ):
         from ncli.extract.data.pixels import ImageOptions
 
         self.split = split
         self.path = Path(path)
         self.text = path
         self.class_names = None
+        self.allow_external = allow_external
         images = images or ImageOptions()
         where = f"--data {split}={path}"
-        if not self.path.exists():
-            raise InputError(f"{where}: no such file")
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            raise InputError(f"{where}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{where}: not a regular file (a device, FIFO or socket)")
         kind = file_kind(self.path)
         if kind == "?":
             raise InputError(f"{where}: not an array file (expected HDF5 .h5/.hdf5 or numpy .npz)")
+        if kind == "npz":
+            problem = zip_problem(self.path)
+            if problem is not None:
+                raise InputError(f"{where}: not an .npz ncli reads: {problem}")
         self.file_kind = kind
         try:
             names = h5_names(self.path) if kind == "h5" else npz_names(self.path)
@@ -162,6 +189,9 @@ class ArraySource:
         self._file = None
         try:
             inputs, y = self.arrays()
+        except InputError:
+            self.close()
+            raise
         except Exception as exc:  # a damaged member (e.g. its header promises more rows than stored)
             raise InputError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
         if y is not None and y.ndim != 1:
@@ -206,7 +236,8 @@ class ArraySource:
 
                 f = h5py.File(self.path, "r")
                 self._file = f
-                found = {k: f[k] for k in keys}
+                local = LocalFile(f, str(self.path), allow_external=self.allow_external, label=f"--data {self.split}={self.text}")
+                found = {k: self._dataset(local, k) for k in keys}
             else:
                 found = {}
                 for k in keys:
@@ -219,6 +250,17 @@ class ArraySource:
             self._arrays = (inputs, found[self.y_key] if self.y_key is not None else None)
             self._pid = pid
         return self._arrays
+
+    @staticmethod
+    def _dataset(local: LocalFile, key: str):
+        """The dataset at ``key``, its links and storage checked (nothing from other files)."""
+        import h5py
+
+        ds = local.at(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise local.fail(f"{key!r} is not a dataset")
+        local.check_storage(ds)
+        return ds
 
     def close(self) -> None:
         f = getattr(self, "_file", None)

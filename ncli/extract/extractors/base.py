@@ -185,6 +185,9 @@ def check_reconstruction(name: str, h, z, W, b, amp: bool) -> float:
     """max |h·Wᵀ + b − z| over the batch's finite feature rows; refuse when it is beyond
     floating point rounding. Rows with NaN/Inf features (NaN inputs, or a model that makes
     them) are not a sign of a non-linear head: extract records them, and measure refuses them."""
+    for what, tensor in (("weight", W), ("bias", b)):
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            raise InputError(f"classifier {name!r}: its {what} holds NaN or Inf (a diverged or damaged checkpoint)")
     if isinstance(h, torch.Tensor) and isinstance(z, torch.Tensor) and h.ndim == 2 and z.ndim >= 1 and h.shape[0] == z.shape[0]:
         finite = torch.isfinite(h.detach()).all(dim=1)
         if not bool(finite.all()):

@@ -4,6 +4,7 @@
   torch_save   state_dict (torch.save, zip or legacy, weights-only) and pickled module (--trust-checkpoint)
   safetensors  .safetensors weights
   torchscript  TorchScript archives
+  script_audit proving a TorchScript archive's code harmless before it is loaded (operator allowlist)
   export       torch.export programs (.pt2)
   huggingface  Hugging Face save_pretrained folders (config.json + weights), built by transformers
   distributed_checkpoint  PyTorch distributed-checkpoint (DCP) folders (--trust-checkpoint)
@@ -17,9 +18,9 @@ A new form: a module with a ``Form`` subclass, and its instance in ``FORMS`` bel
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ncli.errors import InputError
+from ncli.extract.archives import zip_problem
 from ncli.extract.forms.base import Checkpoint, Form, Probe
 from ncli.extract.forms.distributed_checkpoint import DISTRIBUTED_CHECKPOINT
 from ncli.extract.forms.export import TORCH_EXPORT
@@ -27,6 +28,7 @@ from ncli.extract.forms.huggingface import HUGGINGFACE
 from ncli.extract.forms.safetensors import SAFETENSORS
 from ncli.extract.forms.torch_save import PICKLED_MODULE, STATE_DICT
 from ncli.extract.forms.torchscript import TORCHSCRIPT
+from ncli.features.reader import check_regular_file
 from ncli.features.schema import HDF5_SIGNATURE
 
 # In the order they are tried: the folders first (a .distcp file inside a DCP folder is also a
@@ -77,13 +79,16 @@ def detect_form(path: str | os.PathLike) -> Form:
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, ema: bool = False) -> Checkpoint:
-    p = Path(path)
     path = str(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such file")
+    is_folder = os.path.isdir(path)  # Hugging Face and distributed-checkpoint folders
+    if not is_folder:
+        check_regular_file(path, "a checkpoint file")
     try:
         form = detect_form(path)
         digest = form.digest(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
+    problem = None if is_folder else zip_problem(path)  # before torch decompresses anything
+    if problem is not None:
+        raise InputError(f"{path}: not a zip archive ncli reads: {problem}")
     return form.load(path, digest, trust=trust, ema=ema)

@@ -87,6 +87,9 @@ def load_into(model, sd: Mapping, *, path: str, arch: str) -> dict:
         for k in own
         if k in aligned and tuple(aligned[k].shape) != tuple(own[k].shape)
     ]
+    complex_keys = [k for k in own if k in aligned and aligned[k].is_complex() and not own[k].is_complex()]
+    if complex_keys:  # load_state_dict would drop the imaginary parts with a warning
+        raise InputError(f"{path}: {_short(complex_keys, 3)} hold complex numbers where --arch {arch} has real parameters")
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ncli.errors import UsageError
+from ncli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from ncli.extract.extractors.base import Extractor
     from ncli.extract.options import ExtractOptions
 
+INT64 = 1 << 63  # an epoch or step is stored as an int64 attribute
 EPOCH_KEYS = ("epoch", "epochs", "current_epoch")
 STEP_KEYS = ("step", "global_step", "iteration", "iter", "steps")
 
@@ -162,15 +163,23 @@ def _as_int(v) -> int | None:
     except ImportError:  # pragma: no cover
         pass
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v.strip())
+        digits = v.strip()
+        return int(digits) if len(digits) <= 4000 else 1 << 20000  # int() refuses more than 4300 digits
     return None
 
 
-def position(entries: Mapping, keys) -> int | None:
-    """The first of ``keys`` in ``entries`` that holds an integer (an epoch or a step)."""
+def position(entries: Mapping, keys, where: str = "the checkpoint") -> int | None:
+    """The first of ``keys`` in ``entries`` that holds an integer (an epoch or a step);
+    InputError when it is beyond int64 (what the feature file stores)."""
     for k in keys:
         if k in entries:
             v = _as_int(entries[k])
             if v is not None:
+                if not -INT64 <= v < INT64:
+                    text = str(v) if v.bit_length() < 13000 else None  # str() refuses more than 4300 digits
+                    shown = ("a number of thousands of digits" if text is None else
+                             text if len(text) <= 30 else f"{text[:20]}... ({len(text)} digits)")
+                    flag = "--epoch" if k in EPOCH_KEYS else "--step"
+                    raise InputError(f"{where}: {k!r} is {shown}, beyond the int64 range a feature file stores; give {flag}")
                 return v
     return None

@@ -1,6 +1,8 @@
 """torch.export programs (``.pt2``), loaded with ``torch.export.load``. Without
---trust-checkpoint its embedded pickles are read weights-only and its shape formulas must be
-plain sympy (see ``sandbox``); a program that needs more is refused.
+--trust-checkpoint an archive with native code (AOTInductor libraries, which torch would
+dlopen) is refused from its member names before torch reads it, its embedded pickles are read
+weights-only and its shape formulas must be plain sympy (see ``sandbox``); a program that needs
+more is refused. A trusted program loads with torch's scratch files in a folder removed after.
 
 A program whose inputs or outputs are structured types (transformers' ``ModelOutput`` classes)
 can only be read once the package that registers those types with torch's pytree has been
@@ -19,7 +21,8 @@ from ncli.console import install_hint
 from ncli.errors import InputError, RefusedError, UsageError
 from ncli.extract.forms.base import Checkpoint, Form, Probe, quiet
 from ncli.extract.forms.sandbox import (
-    UnsafeProgram, force_weights_only, plain_shape_formulas, pt2_unsafe_globals, refuse_unsafe,
+    UnsafeProgram, force_weights_only, native_code_members, plain_shape_formulas, private_temp_folder,
+    pt2_unsafe_globals, refuse_unsafe,
 )
 
 
@@ -84,12 +87,20 @@ class TorchExport(Form):
 
         if ema:
             raise UsageError(f"{path}: --ema does not apply to a torch.export program")
+        native = [] if trust else native_code_members(path)
+        if native:
+            shown = ", ".join(native[:3]) + (f", ... ({len(native)} in all)" if len(native) > 3 else "")
+            raise RefusedError(
+                f"{path}: is a torch.export program with native code ({shown}); torch would load and run it. "
+                "Load it only if you trust its source: pass --trust-checkpoint"
+            )
         refused: list[str] = []
         register_pytree_types(path, pytree_types(path))
         try:
             with quiet(), torch_export_quiet():
                 if trust:
-                    program = torch.export.load(path)
+                    with private_temp_folder():
+                        program = torch.export.load(path)
                 else:
                     with force_weights_only(), plain_shape_formulas() as refused:
                         program = torch.export.load(path)

@@ -38,7 +38,7 @@ class Safetensors(Form):
         if not state_dict:
             raise InputError(f"{path}: the safetensors file holds no tensors")
         return Checkpoint(
-            path, self, digest, dict(state_dict), None, None, position(meta, EPOCH_KEYS), position(meta, STEP_KEYS)
+            path, self, digest, dict(state_dict), None, None, position(meta, EPOCH_KEYS, path), position(meta, STEP_KEYS, path)
         )
 
 

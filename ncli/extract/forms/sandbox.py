@@ -8,14 +8,20 @@
                         and the archive reader's plain ``pickle.loads`` is refused (``_NoPickle``)
   plain_shape_formulas  while a .pt2 program loads untrusted: sympy only parses plain shape
                         formulas (torch.export.load evaluates them as Python)
+  native_code_members   members of an archive that torch would load as native code (AOTInductor
+                        libraries under data/aotinductor/, any .so/.dll/.dylib/.pyd)
+  private_temp_folder   while a trusted .pt2 loads: torch's scratch files go to a folder removed after
   refuse_unsafe         the one refusal message, pointing at --trust-checkpoint
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickletools
 import re
+import shutil
+import tempfile
 import zipfile
 from contextlib import contextmanager
 
@@ -250,3 +256,43 @@ def plain_shape_formulas():
         yield refused
     finally:
         sympy.sympify = orig
+
+
+NATIVE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd")
+
+
+def native_code_members(path: str) -> list[str]:
+    """Members of the zip archive at ``path`` that would be loaded as native code:
+    torch.export.load hands everything under ``data/aotinductor/`` to AOTInductor's loader,
+    which unpacks it and dlopens its libraries (running their constructors). Names only, read
+    before torch opens the archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found = []
+    for name in names:
+        parts = name.lower().split("/")
+        leaf = parts[-1]
+        if "aotinductor" in parts or leaf.endswith(NATIVE_SUFFIXES) or ".so." in leaf:
+            found.append(name)
+    return found
+
+
+@contextmanager
+def private_temp_folder():
+    """While a trusted program loads: TMPDIR is a fresh folder of ncli's, removed afterwards
+    (AOTInductor unpacks into TMPDIR and leaves ``aotinductor_*`` folders behind)."""
+    folder = tempfile.mkdtemp(prefix="ncli-pt2-")
+    before_env, before_module = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield folder
+    finally:
+        if before_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before_env
+        tempfile.tempdir = before_module
+        shutil.rmtree(folder, ignore_errors=True)

@@ -21,6 +21,7 @@ stores the averaged weights in ``state_dict`` and the raw ones in ``current_mode
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ncli.errors import InputError, NcliError, UsageError
@@ -75,8 +76,8 @@ def interpret(obj, path: str, ema: bool) -> tuple[dict | None, Any, str | None, 
             f"{path}: the checkpoint holds a {type(obj).__name__}, not a state_dict or a dict containing one"
         )
     top = [str(k) for k in obj.keys()]
-    epoch = position(obj, EPOCH_KEYS)
-    step = position(obj, STEP_KEYS)
+    epoch = position(obj, EPOCH_KEYS, path)
+    step = position(obj, STEP_KEYS, path)
 
     def descend(value, key, depth=0):
         if isinstance(value, nn.Module):
@@ -165,7 +166,7 @@ class StateDict(Form):
         details: dict = {}
         try:
             obj = load_weights_only(path)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
             names = unsafe_globals(path)
             found = _weights_beside_objects(path, names, ema)
             if found is not None:  # tensors beside custom objects: nothing of the file ran
@@ -174,6 +175,9 @@ class StateDict(Form):
                 what = "is a pickled model or holds custom Python objects"
                 if any(n.startswith("torch.nn.modules.") for n in names):
                     what = "is a whole pickled model (torch.save(model))"
+                elif not names:  # no import named: say what torch's weights-only reader refused
+                    reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+                    what = f"holds data torch's weights-only reader refuses ({reason.group(1).strip()[:80] if reason else 'unknown'})"
                 raise refuse_unsafe(path, [n for n in names if n not in PLAIN_GLOBALS], what) from None
             else:
                 obj = _torch_load_trusted(path)

@@ -1,10 +1,13 @@
-"""TorchScript archives, loaded with ``torch.jit.load``: TorchScript code is run by the
-TorchScript interpreter, not by Python's unpickler, so no --trust-checkpoint is needed."""
+"""TorchScript archives, loaded with ``torch.jit.load``. TorchScript cannot call Python, but
+its operators include file writes (``torch.save``) and ``torch.jit.load`` already runs the
+archive's ``__setstate__`` methods: without --trust-checkpoint the archive's whole source is
+audited first (``script_audit``) and refused unless every operator it can reach is allowlisted."""
 
 from __future__ import annotations
 
-from ncli.errors import InputError, UsageError
+from ncli.errors import InputError, RefusedError, UsageError
 from ncli.extract.forms.base import Checkpoint, Form, Probe, quiet
+from ncli.extract.forms.script_audit import audit
 
 
 class TorchScript(Form):
@@ -19,6 +22,13 @@ class TorchScript(Form):
 
         if ema:
             raise UsageError(f"{path}: --ema does not apply to a TorchScript archive")
+        if not trust:
+            finding = audit(path)
+            if finding is not None:
+                raise RefusedError(
+                    f"{path}: is a TorchScript archive whose code {finding}; ncli loads TorchScript only when every "
+                    "operator it can run is known to be harmless. Load it only if you trust its source: pass --trust-checkpoint"
+                )
         try:
             with quiet():
                 module = torch.jit.load(path, map_location="cpu")
