@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
+from ncli.cli.options import GlobalMean
 from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem
 
@@ -81,6 +82,17 @@ def extract(
     compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    stats_only: bool = typer.Option(
+        False, "--stats-only",
+        help="Write a statistics file instead of the features: two passes over the data, a file whose size does not "
+        "grow with the data; `ncli measure` reads it like a feature file.",
+    ),
+    split: Optional[str] = typer.Option(
+        None, "--split", "-s", help="With --stats-only: the split whose class statistics define the metrics (default: train)."
+    ),
+    global_mean: Optional[GlobalMean] = typer.Option(
+        None, "--global-mean", help="With --stats-only: mu_G = mean of class means ('class', default) or of all samples ('sample')."
+    ),
 ) -> None:
     """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
 
@@ -96,6 +108,8 @@ def extract(
 
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
+    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file.
+
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
 
@@ -109,7 +123,8 @@ def extract(
         arch=arch, arch_args=parse_arch_args(arch_arg), ema=ema, trust=trust_checkpoint, classifier=classifier,
         layers=tuple(layer), pool=pool.value, epoch=epoch, step=step, x_key=x_key, y_key=y_key, image_size=image_size,
         normalize=normalize, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, force=force,
-        compression=compression.value, progress=not quiet,
+        compression=compression.value, progress=not quiet, stats_only=stats_only, stats_split=split,
+        global_mean=global_mean.value if global_mean is not None else None,
     )
     try:
         run_extract(checkpoint, output, data, options)

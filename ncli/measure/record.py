@@ -16,6 +16,7 @@ import numpy as np
 
 from ncli.errors import InputError
 from ncli.features.reader import FeatureFile
+from ncli.features.stats_file import is_statistics_file
 from ncli.measure import metrics, registry
 from ncli.measure.blocks import NonFiniteFeatures, file_blocks
 from ncli.measure.engine import NumpyBackend
@@ -26,6 +27,10 @@ SCHEMA = "ncli.measure/1"
 
 def list_layers(path: str | os.PathLike, split: str = "train") -> list[str]:
     """Names of the intermediate layers stored for ``split`` (for ``--layer all``)."""
+    if is_statistics_file(path):
+        from ncli.measure.stored import list_statistics_layers
+
+        return list_statistics_layers(path)
     with FeatureFile(path) as ff:
         layers = list(ff.split(split).layers)
     if not layers:
@@ -52,7 +57,9 @@ def measure_file(
     chunk_rows: int | None = None,
     backend=None,
 ) -> dict:
-    """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
+    """All collapse metrics of one file, as a JSON-ready dict (see module docstring). A
+    statistics file (``ncli extract --stats-only``, ``Accumulator.save``) gives the record of
+    its accumulated statistics (``layer`` and ``chunk_rows`` do not apply to it).
 
     ``split`` names the split whose class statistics define the metrics; every split in the
     file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
@@ -64,6 +71,12 @@ def measure_file(
     """
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
+    if is_statistics_file(path):  # accumulated already: no passes, the same record
+        from ncli.measure.stored import measure_statistics_file
+
+        return measure_statistics_file(
+            path, split=split, global_mean=global_mean, per_class=per_class, layer=layer, chunk_rows=chunk_rows
+        )
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path) as ff:
         info = ff.split(split)
