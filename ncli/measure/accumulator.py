@@ -445,6 +445,7 @@ class Accumulator:
             evaluation.into(self.results[split])
 
     def _ready(self, method: str) -> Model:
+        self._usable()
         if self.model is None or self.train_split not in self.results:
             raise UsageError(f"{method}() needs pass 2 of split {self.train_split!r} (its within-class sums): call "
                              "evaluate() on it after the update() calls")
