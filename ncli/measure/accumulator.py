@@ -39,10 +39,10 @@ from ncli.measure.blocks import NonFiniteFeatures, array_blocks
 from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method
 from ncli.measure.record import build_record
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
-from ncli.measure.user_batches import Checker, device_of, host_decisions, to_host, torch_of
+from ncli.measure.device_passes import DevicePasses
+from ncli.measure.user_batches import Checker, as_array, device_of, host_decisions, to_host
 
 ENGINES = ("auto", "numpy", "torch")
-CHECK_EVERY = 64  # device batches whose checks wait on the device before they are read
 
 
 class _Decided:
@@ -117,18 +117,14 @@ class Accumulator:
         self.method: str | None = None  # "project" | "scatter", resolved when frozen
         self.reduced: set[int] = set()  # passes already summed over processes (all_reduce)
         self._batches: dict[tuple[str, str], int] = {}
-        self._failed: InputError | None = None
         self._reset_runtime()
         if W is not None:
             self.set_classifier(W, b)
 
     def _reset_runtime(self) -> None:
-        """Backends, device-side sums and pending device checks (not copied, not saved)."""
+        """The backends and what sits on devices (not copied, not saved)."""
         self._numpy: NumpyBackend | None = None
-        self._torch_backends: dict = {}
-        self._device_sums: dict = {}  # (split, device) -> DeviceClassSums
-        self._device_evaluations: dict = {}  # (split, device, logits?) -> DeviceEvaluation
-        self._pending: list = []  # (Checker, device flag tensor) of pass-1 device batches
+        self._devices = DevicePasses(self.num_classes)
 
     # -- the classifier -----------------------------------------------------------------------
 
@@ -161,41 +157,19 @@ class Accumulator:
         if 1 in self.reduced:
             raise UsageError("update() after all_reduce(): the class sums are already summed over all processes")
         check = self._checker("update", split)
+        features, labels = as_array(features), as_array(labels)
         n = check.features_shape(features)
         check.labels_shape(labels, n)
         if self.dim is None:
             self.dim = int(features.shape[1])
         stats = self.class_stats.setdefault(split, ClassStatistics(self.num_classes, self.dim))
         if self._on_device(features):
-            self._update_device(features, labels, split, check)
+            self._devices.update(features, labels, split, self.dim, check)
             return
         H = to_host(features, "f")
         y = check.host_labels(to_host(labels, "i"))
         check.host_finite(H, "features")
         self._numpy_backend().class_sums(array_blocks(H, y, self.num_classes), stats)
-
-    def _update_device(self, features, labels, split: str, check: Checker) -> None:
-        from ncli.measure.engine_torch import DeviceClassSums
-        from ncli.measure.blocks import Chunk
-
-        torch = torch_of(features)
-        backend = self._torch_backend(features.device)
-        H = features.detach()
-        H = H if H.is_floating_point() else H.double()
-        flag = (~torch.isfinite(H).all()).to(torch.int8)
-        if torch_of(labels) is None:
-            y = torch.from_numpy(check.host_labels(np.asarray(labels))).to(backend.device, non_blocking=True)
-        else:
-            y = labels.detach().to(backend.device, non_blocking=True).long()
-            flag = flag + 2 * ((y < 0) | (y >= self.num_classes)).any().to(torch.int8)
-            y = y.clamp(0, self.num_classes - 1)  # a bad label is reported by the check, never indexes out of range
-        key = (split, str(backend.device))
-        if key not in self._device_sums:
-            self._device_sums[key] = DeviceClassSums(backend, self.num_classes, self.dim, check=False)
-        self._device_sums[key].add(Chunk(0, H, y))
-        self._pending.append((check, flag))
-        if len(self._pending) >= CHECK_EVERY:
-            self._run_checks()
 
     # -- between the passes -------------------------------------------------------------------
 
@@ -206,7 +180,7 @@ class Accumulator:
         if self.model is not None:
             return self.model
         self._flush()
-        self._device_sums.clear()  # pass 1 is over: nothing more to add from the devices
+        self._devices.end_pass1()
         stats = self.class_stats.get(self.train_split)
         if stats is None:
             raise UsageError(f"evaluate() before update(): no class sums of split {self.train_split!r}, "
@@ -232,6 +206,8 @@ class Accumulator:
             raise UsageError("evaluate() after all_reduce(): the decisions are already summed over all processes")
         model = self.freeze()
         check = self._checker("evaluate", split)
+        features, labels = as_array(features), as_array(labels)
+        logits = None if logits is None else as_array(logits)
         n = check.features_shape(features)
         check.labels_shape(labels, n)
         if logits is not None:
@@ -248,7 +224,8 @@ class Accumulator:
         stats = self.results[split]
         view = model if mode != "logits" else self._without_classifier()
         if self._on_device(features):
-            self._evaluate_device(features, labels, logits, split, view, check)
+            self._devices.evaluate(features, labels, logits, stats, view, split == self.train_split, self.method, check,
+                                   _Decided)
             return
         H = to_host(features, "f")
         y = check.host_labels(to_host(labels, "i"))
@@ -263,37 +240,6 @@ class Accumulator:
             self._numpy_backend().evaluate(array_blocks(H, y, self.num_classes), view, target)
         except NonFiniteFeatures as exc:  # |h| so large that ‖h − μ‖² overflows
             raise check.fail("features overflow float64 in ‖h − μ_c‖²", exc.row) from None
-
-    def _evaluate_device(self, features, labels, logits, split: str, view: Model, check: Checker) -> None:
-        from ncli.measure.blocks import Chunk
-        from ncli.measure.engine_torch import DeviceEvaluation
-
-        torch = torch_of(features)
-        backend = self._torch_backend(features.device)
-        H = features.detach()
-        H = H if H.is_floating_point() else H.double()
-        y = labels.detach() if torch_of(labels) is not None else torch.from_numpy(np.asarray(labels))
-        y = y.to(backend.device).long()
-        bad = (y < 0) | (y >= self.num_classes)
-        if bool(bad.any()):  # pass 2 synchronises anyway (decisions come to the host)
-            row = int(torch.nonzero(bad)[0])
-            raise check.fail(f"label {int(y[row])} outside [0, {self.num_classes})", row)
-        y_net = None
-        if logits is not None:
-            z = logits.detach() if torch_of(logits) is not None else torch.from_numpy(to_host(logits, "f"))
-            finite = torch.isfinite(z).all(dim=1)
-            if not bool(finite.all()):
-                raise check.fail("logits contain NaN or Inf", int(torch.nonzero(~finite)[0]))
-            y_net = torch.argmax(z, dim=1).cpu().numpy()
-        key = (split, str(backend.device), logits is not None)
-        if key not in self._device_evaluations:
-            self._device_evaluations[key] = DeviceEvaluation(backend, view, split == self.train_split, self.method)
-        stats = self.results[split]
-        target = _Decided(stats, y_net) if logits is not None else stats
-        try:
-            self._device_evaluations[key].add(Chunk(0, H, y), target)
-        except NonFiniteFeatures as exc:
-            raise check.fail("features contain NaN or Inf", exc.row) from None
 
     # -- results --------------------------------------------------------------------------------
 
@@ -321,7 +267,8 @@ class Accumulator:
         if global_mean != self.global_mean and self.method != "scatter":
             raise UsageError(
                 f"{self.name}: Σ_W was kept projected along the basis of --global-mean {self.global_mean}; measuring with "
-                f"--global-mean {global_mean} needs the p × p scatter (collect with nc1_method='scatter')"
+                f"--global-mean {global_mean} needs the p × p scatter (collect again with --global-mean {global_mean}, or keep "
+                "the scatter: Accumulator(nc1_method='scatter'))"
             )
         if global_mean != self.global_mean or (self.W is not None and model.W is None):
             model = Model.fit(self.class_stats[self.train_split], global_mean=global_mean, W=self.W, b=self.b,
@@ -375,7 +322,7 @@ class Accumulator:
     def copy(self) -> Accumulator:
         """An independent copy (e.g. one per worker after pass 1 was merged)."""
         self._flush()
-        runtime = {"_numpy", "_torch_backends", "_device_sums", "_device_evaluations", "_pending"}
+        runtime = {"_numpy", "_devices"}
         clone = Accumulator.__new__(Accumulator)
         clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in runtime}))
         clone._reset_runtime()
@@ -399,50 +346,19 @@ class Accumulator:
             self._numpy = NumpyBackend(threads=self.threads, nc1_method=self.method or "auto")
         return self._numpy
 
-    def _torch_backend(self, device):
-        from ncli.measure.engine_torch import TorchBackend
-
-        key = str(device)
-        if key not in self._torch_backends:
-            self._torch_backends[key] = TorchBackend(key)
-        return self._torch_backends[key]
-
     def _without_classifier(self) -> Model:
         """The frozen model without W, b (batches whose decisions come with their logits)."""
         return dataclasses.replace(self.model, W=None, b=None)
 
     def _usable(self) -> None:
-        if self._failed is not None:
-            raise self._failed
-
-    def _run_checks(self) -> None:
-        """Read the pending device checks (one synchronisation); raise for the first bad batch."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        torch = torch_of(pending[0][1])
-        by_device: dict = {}
-        for i, (_, flag) in enumerate(pending):
-            by_device.setdefault(str(flag.device), []).append(i)
-        flags = [0] * len(pending)
-        for rows in by_device.values():
-            for i, value in zip(rows, torch.stack([pending[i][1] for i in rows]).cpu().tolist()):
-                flags[i] = value
-        for (check, _), flag in zip(pending, flags):
-            if flag:
-                what = "labels outside [0, {})".format(self.num_classes) if flag & 2 else "features contain NaN or Inf"
-                self._failed = check.fail(f"{what} (found on the device after the batch was added: this accumulator "
-                                          "cannot be used further)")
-                raise self._failed
+        """A device batch found bad after its sums were added: nothing more can be trusted."""
+        if self._devices.failed is not None:
+            raise self._devices.failed
 
     def _flush(self) -> None:
         """Device-side sums into the host statistics, after their checks."""
         self._usable()
-        self._run_checks()
-        for (split, _), sums in self._device_sums.items():
-            sums.into(self.class_stats[split])
-        for (split, _, _), evaluation in self._device_evaluations.items():
-            evaluation.into(self.results[split])
+        self._devices.flush(self.class_stats, self.results)
 
     def _ready(self, method: str) -> Model:
         self._usable()

@@ -30,10 +30,17 @@ def where(method: str, split: str, batch: int) -> str:
 
 def torch_of(value):
     """The torch module when ``value`` is a torch tensor, else None."""
+    if isinstance(value, np.ndarray):  # (isinstance against torch.Tensor is slow: a metaclass check)
+        return None
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return torch
     return None
+
+
+def as_array(value):
+    """A torch tensor or numpy array as it is; anything else (a list, ...) through numpy."""
+    return value if isinstance(value, np.ndarray) or torch_of(value) is not None else np.asarray(value)
 
 
 def device_of(value) -> str | None:
