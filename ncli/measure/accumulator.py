@@ -162,7 +162,9 @@ class Accumulator:
         check.labels_shape(labels, n)
         if self.dim is None:
             self.dim = int(features.shape[1])
-        stats = self.class_stats.setdefault(split, ClassStatistics(self.num_classes, self.dim))
+        if split not in self.class_stats:
+            self.class_stats[split] = ClassStatistics(self.num_classes, self.dim)
+        stats = self.class_stats[split]
         if self._on_device(features):
             self._devices.update(features, labels, split, self.dim, check)
             return

@@ -136,7 +136,7 @@ class DeviceClassSums:
         if self.check and not bool(torch.isfinite(H).all()):
             raise NonFiniteFeatures(block.start, host_rows(block.features))
         self.sums.index_add_(0, y, H)
-        self.counts += torch.bincount(y, minlength=self.counts.shape[0])
+        self.counts.index_add_(0, y, torch.ones_like(y))  # (bincount would wait for the device: it reads max(y))
 
     def into(self, stats: ClassStatistics) -> None:
         stats.add(np.arange(self.counts.shape[0]), self.sums.cpu().numpy(), self.counts.cpu().numpy())
