@@ -48,7 +48,7 @@ _ARCH_HELP = (
 @command()
 def extract(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file; its form is detected from its content.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1); with --stats-only a statistics file.", show_default=False),
     data: List[str] = typer.Option(
         ..., "--data", "-d",
         help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT); an ImageFolder "
