@@ -125,6 +125,7 @@ class Accumulator:
         """The backends and what sits on devices (not copied, not saved)."""
         self._numpy: NumpyBackend | None = None
         self._devices = DevicePasses(self.num_classes)
+        self._logits_model: Model | None = None
 
     # -- the classifier -----------------------------------------------------------------------
 
@@ -324,7 +325,7 @@ class Accumulator:
     def copy(self) -> Accumulator:
         """An independent copy (e.g. one per worker after pass 1 was merged)."""
         self._flush()
-        runtime = {"_numpy", "_devices"}
+        runtime = {"_numpy", "_devices", "_logits_model"}
         clone = Accumulator.__new__(Accumulator)
         clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in runtime}))
         clone._reset_runtime()
@@ -350,7 +351,9 @@ class Accumulator:
 
     def _without_classifier(self) -> Model:
         """The frozen model without W, b (batches whose decisions come with their logits)."""
-        return dataclasses.replace(self.model, W=None, b=None)
+        if self._logits_model is None:
+            self._logits_model = dataclasses.replace(self.model, W=None, b=None)
+        return self._logits_model
 
     def _usable(self) -> None:
         """A device batch found bad after its sums were added: nothing more can be trusted."""
