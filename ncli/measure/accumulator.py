@@ -40,6 +40,7 @@ from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method
 from ncli.measure.record import build_record
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 from ncli.measure.device_passes import DevicePasses
+from ncli.measure.stored import load_accumulator, ordered_results, record_model, save_accumulator
 from ncli.measure.user_batches import Checker, as_array, device_of, host_decisions, to_host
 
 ENGINES = ("auto", "numpy", "torch")
@@ -266,30 +267,16 @@ class Accumulator:
                     "set_classifier()) or logits= to evaluate()"
                 )
             self.W, self.b = W64, b64
-        global_mean = global_mean or self.global_mean
-        if global_mean != self.global_mean and self.method != "scatter":
-            raise UsageError(
-                f"{self.name}: Σ_W was kept projected along the basis of --global-mean {self.global_mean}; measuring with "
-                f"--global-mean {global_mean} needs the p × p scatter (collect again with --global-mean {global_mean}, or keep "
-                "the scatter: Accumulator(nc1_method='scatter'))"
-            )
-        if global_mean != self.global_mean or (self.W is not None and model.W is None):
-            model = Model.fit(self.class_stats[self.train_split], global_mean=global_mean, W=self.W, b=self.b,
-                              class_names=self.class_names)
+        model = record_model(model, self.class_stats[self.train_split], collected=self.global_mean, method=self.method,
+                             global_mean=global_mean or self.global_mean, W=self.W, b=self.b,
+                             class_names=self.class_names, name=self.name)
         source = {"file": self.name, "epoch": self.epoch, "step": self.step, "layer": self.layer}
-        return build_record(source, model, self.class_stats[self.train_split], self.ordered_results(),
-                            train_split=self.train_split, per_class=per_class, class_names=self.class_names)
-
-    def ordered_results(self) -> dict[str, SplitStatistics]:
-        """Pass-2 statistics: the train split first, then the others by name (as measure_file
-        orders a file's splits)."""
-        names = [self.train_split] + sorted(s for s in self.results if s != self.train_split)
-        return {name: self.results[name] for name in names if name in self.results}
+        return build_record(source, model, self.class_stats[self.train_split],
+                            ordered_results(self.results, self.train_split), train_split=self.train_split,
+                            per_class=per_class, class_names=self.class_names)
 
     def save(self, path, *, force: bool = False) -> Path:
         """Write the statistics file (``docs/format.md``) atomically; ``force`` replaces."""
-        from ncli.measure.stored import save_accumulator
-
         self._ready("save")
         return save_accumulator(self, path, force=force)
 
@@ -297,8 +284,6 @@ class Accumulator:
     def load(cls, path) -> Accumulator:
         """An accumulator holding a statistics file's content (pass 2 done: it can be
         measured, and merged with others frozen from the same class sums)."""
-        from ncli.measure.stored import load_accumulator
-
         return load_accumulator(cls, path)
 
     # -- combining ------------------------------------------------------------------------------

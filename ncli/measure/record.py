@@ -72,11 +72,10 @@ def measure_file(
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
     if is_statistics_file(path):  # accumulated already: no passes, the same record
-        from ncli.measure.stored import measure_statistics_file
+        from ncli.measure.stored import record_inputs
 
-        return measure_statistics_file(
-            path, split=split, global_mean=global_mean, per_class=per_class, layer=layer, chunk_rows=chunk_rows
-        )
+        inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows)
+        return build_record(**inputs, per_class=per_class)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path) as ff:
         info = ff.split(split)

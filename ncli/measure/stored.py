@@ -1,16 +1,20 @@
-"""Statistics files on the measure side: an :class:`~ncli.measure.accumulator.Accumulator`
-saved and loaded (its accumulators as the arrays of :mod:`ncli.features.stats_file`), and
-``ncli measure`` / ``ncli compare`` of such a file: the loaded accumulator's record, with the
-options that per-sample data would need refused in one line each."""
+"""Accumulated statistics on the measure side: statistics files as the engine's accumulators
+(:mod:`ncli.features.stats_file` holds the arrays), an
+:class:`~ncli.measure.accumulator.Accumulator` saved and loaded, and the model and split order
+a record of accumulated statistics is built with — for ``Accumulator.measure`` and for
+``ncli measure`` / ``ncli compare`` of a file (:func:`record_inputs`, where the options that
+per-sample data would need are refused in one line each). Imports neither the accumulator
+nor the record module (they import this one)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ncli.errors import InputError, UsageError
 from ncli.features.stats_file import COUNTERS, StatisticsFile, StoredSplit, StoredStatistics, write_statistics
-from ncli.measure.statistics import ClassStatistics, SplitStatistics
+from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 
 def save_accumulator(acc, path, *, force: bool = False) -> Path:
@@ -45,14 +49,51 @@ def _within(acc, result: SplitStatistics):
     return result.proj_ss if result.proj_ss is not None else np.zeros(acc.model.basis.U.shape[1])
 
 
-def load_accumulator(cls, path):
-    """The accumulator a statistics file holds, frozen, with its pass-2 statistics."""
+@dataclass
+class Content:
+    """A statistics file as the engine's accumulators."""
+
+    stored: StoredStatistics
+    class_stats: dict[str, ClassStatistics]  # pass 1, per split
+    results: dict[str, SplitStatistics]  # pass 2, per split
+    decisions: dict[str, str]  # per evaluated split: "classifier" | "logits" | "none"
+
+
+def read_statistics(path) -> Content:
     stored = StatisticsFile(path).stored
     if stored.min_per_class:
         raise InputError(
             f"{path}: collected with --min-per-class {stored.min_per_class} (a class selection), which this ncli "
             "cannot measure; measure it with the ncli that wrote it"
         )
+    C, p = stored.num_classes, stored.feature_dim
+    content = Content(stored, {}, {}, {})
+    for name, split in stored.splits.items():
+        if split.counts is not None:
+            stats = ClassStatistics(C, p)
+            stats.add(slice(None), split.sums, split.counts)
+            content.class_stats[name] = stats
+        if not split.evaluated:
+            continue
+        if split.decisions == "classifier" and stored.weight is None:
+            raise InputError(f"{path}: split {name!r} was decided by a classifier, but the file stores none")
+        within = name == stored.train_split
+        result = SplitStatistics(C, has_classifier=split.decisions != "none", within=within)
+        for key in COUNTERS:
+            setattr(result, key, split.counters[key])
+        result.class_counts, result.disagree_per_class = split.evaluated_counts, split.disagree_per_class
+        if within:
+            projected = stored.within_form == "projected"
+            result.add_within(split.ss_within, proj_ss=split.within if projected else None,
+                              scatter=None if projected else split.within)
+        content.results[name], content.decisions[name] = result, split.decisions
+    return content
+
+
+def load_accumulator(cls, path):
+    """The accumulator a statistics file holds, frozen, with its pass-2 statistics."""
+    content = read_statistics(path)
+    stored = content.stored
     attrs = dict(stored.attrs)
     epoch, step = (_int_or_none(attrs.pop(key, None)) for key in ("epoch", "step"))
     layer = attrs.pop("feature_layer", None)
@@ -63,49 +104,54 @@ def load_accumulator(cls, path):
         class_names=stored.class_names, name=str(path), epoch=epoch, step=step,
         layer=layer if isinstance(layer, str) else None, attrs=attrs,
     )
-    acc.dim = stored.feature_dim
-    for name, split in stored.splits.items():
-        if split.counts is not None:
-            stats = ClassStatistics(stored.num_classes, stored.feature_dim)
-            stats.add(slice(None), split.sums, split.counts)
-            acc.class_stats[name] = stats
+    acc.dim, acc.class_stats = stored.feature_dim, content.class_stats
     try:
         model = acc.freeze()
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    k = model.basis.U.shape[1]
-    for name, split in stored.splits.items():
-        if not split.evaluated:
-            continue
-        if split.decisions == "classifier" and stored.weight is None:
-            raise InputError(f"{path}: split {name!r} was decided by a classifier, but the file stores none")
-        within = name == stored.train_split
-        result = SplitStatistics(stored.num_classes, has_classifier=split.decisions != "none", within=within)
-        for key in COUNTERS:
-            setattr(result, key, split.counters[key])
-        result.class_counts, result.disagree_per_class = split.evaluated_counts, split.disagree_per_class
-        if within:
-            if stored.within_form == "projected" and split.within.shape != (k,):
-                raise InputError(f"{path}: /{name}/within holds {split.within.shape[0]} projected sums, expected {k}")
-            result.add_within(
-                split.ss_within,
-                proj_ss=split.within if stored.within_form == "projected" else None,
-                scatter=split.within if stored.within_form == "scatter" else None,
-            )
-        acc.results[name], acc.decisions[name] = result, split.decisions
+    _check_projection(path, content, model)
+    acc.results, acc.decisions = content.results, content.decisions
     return acc
+
+
+def _check_projection(path, content: Content, model: Model) -> None:
+    train = content.results[content.stored.train_split]
+    k = model.basis.U.shape[1]
+    if train.proj_ss is not None and train.proj_ss.shape != (k,):
+        raise InputError(f"{path}: /{content.stored.train_split}/within holds {train.proj_ss.shape[0]} projected sums, expected {k}")
 
 
 def _int_or_none(value):
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def measure_statistics_file(
-    path: str | os.PathLike, *, split: str, global_mean: str, per_class: bool, layer: str | None, chunk_rows: int | None
-) -> dict:
-    """The measure record of a statistics file; what needs per-sample data is refused."""
-    from ncli.measure.accumulator import Accumulator
+def record_model(frozen: Model | None, class_stats: ClassStatistics, *, collected: str, method: str, global_mean: str,
+                 W, b, class_names, name: str) -> Model:
+    """The model a record is built with: the frozen one, or one fitted again for another μ_G
+    (the decisions and Σ‖h − μ_c‖² do not depend on it; a projected Σ_W does, so only the p × p
+    scatter allows it) or for a classifier given after pass 2."""
+    if global_mean != collected and method != "scatter":
+        raise UsageError(
+            f"{name}: Σ_W was kept projected along the basis of --global-mean {collected}; measuring with "
+            f"--global-mean {global_mean} needs the p × p scatter (collect again with --global-mean {global_mean}, or keep "
+            "the scatter: Accumulator(nc1_method='scatter'))"
+        )
+    if frozen is not None and global_mean == collected and (W is None or frozen.W is not None):
+        return frozen
+    return Model.fit(class_stats, global_mean=global_mean, W=W, b=b, class_names=class_names)
 
+
+def ordered_results(results: dict[str, SplitStatistics], train_split: str) -> dict[str, SplitStatistics]:
+    """The train split first, then the others by name (as measure_file orders a file's splits)."""
+    names = [train_split] + sorted(s for s in results if s != train_split)
+    return {name: results[name] for name in names if name in results}
+
+
+def record_inputs(
+    path: str | os.PathLike, *, split: str, global_mean: str, layer: str | None, chunk_rows: int | None
+) -> dict:
+    """What :func:`ncli.measure.record.build_record` needs for a statistics file (all but
+    ``per_class``); what needs per-sample data is refused."""
     if layer is not None:
         raise UsageError(
             f"{path}: --layer {layer}: a statistics file holds the statistics of one layer's features, no stored "
@@ -113,13 +159,27 @@ def measure_statistics_file(
         )
     if chunk_rows is not None:
         raise UsageError(f"{path}: --chunk-rows does not apply to a statistics file (its sums are already accumulated)")
-    acc = Accumulator.load(path)
-    if split != acc.train_split:
+    content = read_statistics(path)
+    stored = content.stored
+    train = stored.train_split
+    if split != train:
         raise UsageError(
-            f"{path}: a statistics file collected with split {acc.train_split!r} defining the metrics; --split {split} "
-            f"would need that split's per-sample features again (measure with --split {acc.train_split})"
+            f"{path}: a statistics file collected with split {train!r} defining the metrics; --split {split} "
+            f"would need that split's per-sample features again (measure with --split {train})"
         )
-    return acc.measure(per_class=per_class, global_mean=global_mean)
+    try:
+        model = record_model(None, content.class_stats[train], collected=stored.global_mean,
+                             method="scatter" if stored.within_form == "scatter" else "project", global_mean=global_mean,
+                             W=stored.weight, b=stored.bias, class_names=stored.class_names, name=str(path))
+    except InputError as exc:
+        raise InputError(f"{path}: split {train!r}: {exc}") from None
+    if global_mean == stored.global_mean:
+        _check_projection(path, content, model)
+    layer_name = stored.attrs.get("feature_layer")
+    source = {"file": str(path), "epoch": _int_or_none(stored.attrs.get("epoch")),
+              "step": _int_or_none(stored.attrs.get("step")), "layer": layer_name if isinstance(layer_name, str) else None}
+    return dict(source=source, model=model, class_stats=content.class_stats[train],
+                results=ordered_results(content.results, train), train_split=train, class_names=stored.class_names)
 
 
 def list_statistics_layers(path) -> list[str]:
