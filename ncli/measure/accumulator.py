@@ -36,7 +36,7 @@ import numpy as np
 
 from ncli.errors import InputError, UsageError
 from ncli.measure.blocks import NonFiniteFeatures, array_blocks
-from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method
+from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method, single_threaded_blas
 from ncli.measure.record import build_record
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 from ncli.measure.device_passes import DevicePasses
@@ -190,7 +190,8 @@ class Accumulator:
             raise UsageError(f"evaluate() before update(): no class sums of split {self.train_split!r}, "
                              "which defines the metrics (pass 1 comes first)")
         try:
-            model = Model.fit(stats, global_mean=self.global_mean, W=self.W, b=self.b, class_names=self.class_names)
+            with single_threaded_blas():  # small products; the same bits as `ncli measure` of the saved file
+                model = Model.fit(stats, global_mean=self.global_mean, W=self.W, b=self.b, class_names=self.class_names)
         except InputError as exc:
             raise InputError(f"split {self.train_split!r}: {exc}") from None
         p, k = model.basis.U.shape
@@ -267,13 +268,14 @@ class Accumulator:
                     "set_classifier()) or logits= to evaluate()"
                 )
             self.W, self.b = W64, b64
-        model = record_model(model, self.class_stats[self.train_split], collected=self.global_mean, method=self.method,
-                             global_mean=global_mean or self.global_mean, W=self.W, b=self.b,
-                             class_names=self.class_names, name=self.name)
         source = {"file": self.name, "epoch": self.epoch, "step": self.step, "layer": self.layer}
-        return build_record(source, model, self.class_stats[self.train_split],
-                            ordered_results(self.results, self.train_split), train_split=self.train_split,
-                            per_class=per_class, class_names=self.class_names)
+        with single_threaded_blas():  # as `ncli measure` of a statistics file: the same bits
+            model = record_model(model, self.class_stats[self.train_split], collected=self.global_mean,
+                                 method=self.method, global_mean=global_mean or self.global_mean, W=self.W, b=self.b,
+                                 class_names=self.class_names, name=self.name)
+            return build_record(source, model, self.class_stats[self.train_split],
+                                ordered_results(self.results, self.train_split), train_split=self.train_split,
+                                per_class=per_class, class_names=self.class_names)
 
     def save(self, path, *, force: bool = False) -> Path:
         """Write the statistics file (``docs/format.md``) atomically; ``force`` replaces."""

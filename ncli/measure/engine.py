@@ -40,7 +40,8 @@ _blas = None
 
 
 def single_threaded_blas():
-    """A context in which numpy's BLAS runs one thread. The library scan happens once (a
+    """A context in which numpy's BLAS runs one thread (small products on threads that other
+    work keeps busy can take 10× longer). The library scan happens once (a
     ThreadpoolController made on first use, after numpy loaded its BLAS): a fresh
     ``threadpool_limits`` scans every loaded library, about 1 ms, too slow per batch for the
     accumulator API, which calls a backend once per batch."""
@@ -141,8 +142,8 @@ class NumpyBackend:
             method = cheaper_nc1_method(p, k, model.num_classes)
         else:
             method = self.nc1_method
-        block_stats = _BlockEvaluator(model, method, self.kernels)
-        with single_threaded_blas():
+        with single_threaded_blas():  # also while the model's float32 tables are built (once per model)
+            block_stats = _BlockEvaluator(model, method, self.kernels)
             for y, y_ncc, y_net, ss, part in ordered_map(block_stats, blocks, self.threads):
                 if stats.within:
                     if method == "scatter":

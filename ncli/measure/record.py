@@ -19,7 +19,7 @@ from ncli.features.reader import FeatureFile
 from ncli.features.stats_file import is_statistics_file
 from ncli.measure import metrics, registry
 from ncli.measure.blocks import NonFiniteFeatures, file_blocks
-from ncli.measure.engine import NumpyBackend
+from ncli.measure.engine import NumpyBackend, single_threaded_blas
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 SCHEMA = "ncli.measure/1"
@@ -74,8 +74,9 @@ def measure_file(
     if is_statistics_file(path):  # accumulated already: no passes, the same record
         from ncli.measure.stored import record_inputs
 
-        inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows)
-        return build_record(**inputs, per_class=per_class)
+        with single_threaded_blas():  # as Accumulator.measure: the same bits
+            inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows)
+            return build_record(**inputs, per_class=per_class)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path) as ff:
         info = ff.split(split)
