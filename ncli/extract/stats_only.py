@@ -3,9 +3,9 @@
 The model runs over the data twice, feeding an :class:`ncli.measure.accumulator.Accumulator`
 (the engine ``ncli measure`` uses): pass 1 over the split that defines the metrics (class
 counts and sums), pass 2 over every split (decisions, and the within-class sums of the
-defining split). On a GPU the features stay there; only statistics move. On the CPU, when
-torch leaves a core free, the accumulator works in a thread of its own, overlapping the next
-forward pass. The output is a
+defining split). On a GPU the features stay there; only statistics move. The accumulator
+works inline, between forward passes: a few hundred µs per batch (benchmarks/README.md; a
+thread of its own measured slower, its hand-offs cost as much as it hid). The output is a
 statistics file (``docs/format.md``) whose size depends on C and p, not on the number of
 samples, and ``ncli measure`` of it equals ``ncli measure`` of the feature file the same run
 would write.
@@ -18,8 +18,6 @@ writes the file. Failures are agreed on after every step, as in the feature-file
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from typing import Callable
 
@@ -111,106 +109,31 @@ def _accumulator(job, train_split: str, sources: dict, world):
 
 def _run_split(job, source, rows: tuple[int, int], feed: Callable, bar, label: str, interrupt) -> None:
     """The model over ``source``'s rows ``rows``, each batch's features fed to ``feed``
-    (``acc.update`` or ``acc.evaluate``) through a :class:`_Feeder`."""
-    import os
-
+    (``acc.update`` or ``acc.evaluate``) as it comes."""
     import torch
 
     from ncli.extract.inputs import pin_memory, to_device
     from ncli.extract.loop import check_labels
+    from ncli.measure.user_batches import BatchError
 
     start, stop = rows
     if stop <= start:
         return
     cuda = job.device.type == "cuda"
     task = bar.add_task(label, total=stop - start)
-    # a thread of its own on the CPU when torch leaves a core free (as the feature-file sink)
-    feeder = _Feeder(threaded=job.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1))
-    try:
-        with torch.inference_mode(), job.autocast:
-            for batch in source.batches(job.batch_size, job.options.num_workers, cuda, start=start, stop=stop):
-                check_labels(source, batch, job.num_classes)
-                inputs = pin_memory(batch.inputs) if cuda else batch.inputs
-                features, _, _ = job.extractor(to_device(inputs, job.device, job.extractor.dtype))
-                feeder.put(lambda f=features, b=batch: _feed(feed, source, f, b))
-                bar.advance(task, len(batch.labels))
-                interrupt.check()
-        feeder.finish()
-    finally:
-        feeder.close()
-
-
-def _feed(feed: Callable, source, features, batch) -> None:
-    from ncli.measure.user_batches import BatchError
-
-    try:
-        feed(features, batch.labels, split=source.split)
-    except BatchError as exc:
-        if exc.row is None:  # found later on the device: the accumulator's words name the batch
-            raise InputError(f"--data {source.split}={source.text}: {exc}") from None
-        raise InputError(
-            f"--data {source.split}={source.text}: row {int(batch.index[exc.row])}: {exc.reason} "
-            "(the model produced them; a statistics file cannot hold them)"
-        ) from None
-
-
-_STOP = object()
-
-
-class _Feeder:
-    """Hands each batch's work to the accumulator in order: inline, or in a background thread
-    so that it overlaps the next forward pass (the numpy kernels release the GIL). A failure
-    in the thread is raised in the caller at its next :meth:`put` or at :meth:`finish`; at
-    most ``slots`` batches wait. (SimpleQueues: a Ctrl-C cannot leave a lock held, see sink.py.)"""
-
-    def __init__(self, threaded: bool, slots: int = 2):
-        self.threaded, self.error, self.cancelled = threaded, None, False
-        if threaded:
-            self.queue: queue.SimpleQueue = queue.SimpleQueue()
-            self.slots: queue.SimpleQueue = queue.SimpleQueue()
-            for _ in range(slots):
-                self.slots.put(None)
-            self.thread = threading.Thread(target=self._run, name="ncli-statistics", daemon=True)
-            self.thread.start()
-
-    def put(self, work: Callable) -> None:
-        if not self.threaded:
-            work()
-            return
-        while True:
-            if self.error is not None:
-                raise self.error
+    with torch.inference_mode(), job.autocast:
+        for batch in source.batches(job.batch_size, job.options.num_workers, cuda, start=start, stop=stop):
+            check_labels(source, batch, job.num_classes)
+            inputs = pin_memory(batch.inputs) if cuda else batch.inputs
+            features, _, _ = job.extractor(to_device(inputs, job.device, job.extractor.dtype))
             try:
-                self.slots.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.queue.put(work)
-            return
-
-    def _run(self) -> None:
-        while True:
-            work = self.queue.get()
-            if work is _STOP:
-                return
-            try:
-                if self.error is None and not self.cancelled:
-                    work()
-            except BaseException as exc:  # handed to the caller
-                self.error = exc
-            finally:
-                self.slots.put(None)
-
-    def finish(self) -> None:
-        """Wait for every batch handed over; raise the thread's failure, if any."""
-        if self.threaded and self.thread.is_alive():
-            self.queue.put(_STOP)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """After a failure in the caller: drop what waits, stop the thread."""
-        if self.threaded and self.thread.is_alive():
-            self.cancelled = True
-            self.queue.put(_STOP)
-            self.thread.join()
+                feed(features, batch.labels, split=source.split)
+            except BatchError as exc:
+                if exc.row is None:  # found later on the device: the accumulator's words name the batch
+                    raise InputError(f"--data {source.split}={source.text}: {exc}") from None
+                raise InputError(
+                    f"--data {source.split}={source.text}: row {int(batch.index[exc.row])}: {exc.reason} "
+                    "(the model produced them; a statistics file cannot hold them)"
+                ) from None
+            bar.advance(task, len(batch.labels))
+            interrupt.check()
