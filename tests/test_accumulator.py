@@ -129,6 +129,15 @@ def test_any_division_into_accumulators_merges_to_one(rng, problem, parts):
     assert_record_matches(merged, {**whole, "per_class": ref["per_class"]}, rtol=1e-12, per_class=True)
 
 
+@pytest.mark.parametrize("nc1_method", ["project", "scatter"])
+def test_both_ways_of_keeping_sigma_w_on_the_device_path(rng, problem, nc1_method):
+    H, y, Ht, yt, W, b, ref = problem
+    acc = ncli.Accumulator(C, W=W, b=b, engine="torch", nc1_method=nc1_method)
+    acc = _feed(acc, rng, H, y, Ht, yt, torch.from_numpy)
+    assert acc.method == nc1_method
+    assert_record_matches(acc.measure(per_class=True), ref, per_class=True)
+
+
 def test_scatter_keeps_both_global_means(rng, problem):
     H, y, Ht, yt, W, b, _ = problem
     acc = _feed(ncli.Accumulator(C, W=W, b=b, nc1_method="scatter"), rng, H, y, Ht, yt)
