@@ -31,7 +31,7 @@ def compare(
     inputs: Optional[List[str]] = typer.Argument(
         None,
         metavar="INPUT",
-        help="Feature files (measured here), files of `ncli measure --json` lines, or - for those lines on stdin.",
+        help="Feature or statistics files (measured here), files of `ncli measure --json` lines, or - for those lines on stdin.",
         show_default=False,
     ),
     json_out: bool = typer.Option(False, "--json", help='Print one JSON object {"schema": "ncli.compare/1", "runs": [...], ...}.'),

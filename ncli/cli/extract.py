@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import ALLOW_EXTERNAL_HELP
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
 from ncli.console import install_hint
 from ncli.errors import EnvironmentProblem
 
@@ -57,7 +57,7 @@ _ARCH_HELP = (
 @command()
 def extract(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1); with --stats-only a statistics file.", show_default=False),
     data: List[str] = typer.Option(
         ..., "--data", "-d",
         help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT), or inputs named for the "
@@ -100,6 +100,17 @@ def extract(
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
+    stats_only: bool = typer.Option(
+        False, "--stats-only",
+        help="Write a statistics file instead of the features: two passes over the data, a file whose size does not "
+        "grow with the data; `ncli measure` reads it like a feature file.",
+    ),
+    split: Optional[str] = typer.Option(
+        None, "--split", "-s", help="With --stats-only: the split whose class statistics define the metrics (default: train)."
+    ),
+    global_mean: Optional[GlobalMean] = typer.Option(
+        None, "--global-mean", help="With --stats-only: mu_G = mean of class means ('class', default) or of all samples ('sample')."
+    ),
 ) -> None:
     """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
 
@@ -115,6 +126,8 @@ def extract(
 
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
+    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file.
+
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
 
@@ -129,6 +142,7 @@ def extract(
         layers=tuple(layer), pool=pool.value, epoch=epoch, step=step, x_key=x_key, y_key=y_key, image_size=image_size,
         normalize=normalize, layout=layout.value, channels=channels, batch_size=batch_size, num_workers=num_workers,
         device=device, amp=amp, force=force, compression=compression.value, progress=not quiet, allow_external=allow_external,
+        stats_only=stats_only, stats_split=split, global_mean=global_mean.value if global_mean is not None else None,
     )
     try:
         run_extract(checkpoint, output, data, options)

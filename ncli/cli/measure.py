@@ -16,7 +16,7 @@ from ncli.errors import NcliError
 
 @command()
 def measure(
-    files: List[Path] = typer.Argument(..., help="Feature files (format 1, as written by `ncli extract`).", show_default=False),
+    files: List[Path] = typer.Argument(..., help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
     split: str = typer.Option(
         "train", "--split", "-s", help="Split whose class statistics define the metrics; all splits are evaluated."
     ),

@@ -20,4 +20,6 @@ submodules below do, and the command line imports them inside its command functi
   distributed   torchrun: process group, the three phases, agreement between ranks
   shards        torchrun: each rank's share of rows and shard file, rank 0's assembly
   inspecting    ncli inspect
+  stats_only    --stats-only: two passes into an Accumulator, a statistics file (torchrun: summed)
+  capture       ncli.capture(model): the classifier's input and output in a training loop
 """

@@ -12,12 +12,16 @@ from ncli.extract.options import ExtractOptions
 
 
 def extract(checkpoint, output, data, options: ExtractOptions | None = None, **changes) -> Path:
-    """Extract penultimate features; returns the written path. See ``ncli extract --help``.
+    """Extract penultimate features (or, with ``stats_only``, their statistics: a statistics
+    file); returns the written path. See ``ncli extract --help``.
 
     ``data``: the --data items (``SPLIT=SOURCE`` or ``SOURCE``), or a dict split -> source.
     ``changes``: fields of ExtractOptions to set on top of ``options`` (e.g. ``arch=...``)."""
     options = replace(options or ExtractOptions(), **changes)
     from ncli.extract.distributed import extract_distributed, world_from_env
+    from ncli.extract.stats_only import check_options
+
+    check_options(options)
 
     world = world_from_env()
     if world is not None:
@@ -30,6 +34,13 @@ def extract(checkpoint, output, data, options: ExtractOptions | None = None, **c
     try:
         if options.progress:
             device_note(options.device, job.device)
+        if options.stats_only:
+            from ncli.extract.stats_only import collect
+
+            rows, elapsed = collect(job, progress=options.progress)
+            if options.progress:
+                summary(job, rows, elapsed, extra=" (statistics only)")
+            return job.out
         written = write_rows(job, job.out, force=options.force, progress=options.progress)
         if written.nonfinite:
             note(f"{job.out}: {written.nonfinite} rows of features contain NaN or Inf (the model produced them)")

@@ -250,6 +250,14 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
             err = exc
         group.agree("setup", err)
 
+        if options.stats_only:  # two passes, statistics summed over the ranks, rank 0 writes
+            from ncli.extract.stats_only import collect
+
+            rows, elapsed = collect(job, progress=lead and options.progress, world=world, agree=group.agree)
+            if lead and options.progress:
+                loop.summary(job, rows, elapsed, extra=f" (statistics only, {k} torchrun processes)")
+            return out
+
         # -- phase 2: each rank writes its shard -----------------------------------------
         ranges = {s.split: share(s.num_samples, job.batch_size, world.rank, k) for s in job.sources}
         try:

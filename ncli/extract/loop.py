@@ -49,6 +49,17 @@ def progress_bar(enabled: bool):
     )
 
 
+def check_labels(source, batch, num_classes: int) -> None:
+    """A label outside the model's classes is an error naming the source and the row."""
+    labels = batch.labels
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        i = int(np.argmax((labels < 0) | (labels >= num_classes)))
+        raise InputError(
+            f"--data {source.split}={source.text}: row {int(batch.index[i])}: label {int(labels[i])} "
+            f"outside the model's {num_classes} classes"
+        )
+
+
 def write_rows(
     job: Job, path: Path, rows: dict[str, tuple[int, int]] | None = None, *, force: bool, progress: bool,
     extra_attrs: dict | None = None, progress_label: str = "",
@@ -95,12 +106,7 @@ def write_rows(
                     task = bar.add_task(escape(source.split) + progress_label, total=stop - start)  # a name, not markup
                     for batch in source.batches(batch_size, options.num_workers, cuda, start=start, stop=stop):
                         labels = batch.labels
-                        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-                            i = int(np.argmax((labels < 0) | (labels >= num_classes)))
-                            raise InputError(
-                                f"--data {source.split}={source.text}: row {int(batch.index[i])}: label {int(labels[i])} "
-                                f"outside the model's {num_classes} classes"
-                            )
+                        check_labels(source, batch, num_classes)
                         inputs = pin_memory(batch.inputs) if cuda else batch.inputs  # async host-to-device copy
                         h, z, layers = extractor(to_device(inputs, device, extractor.dtype))
                         if device_to_host is not None:

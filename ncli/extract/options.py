@@ -42,6 +42,10 @@ class ExtractOptions:
     compression: str | None = None  # None, "lzf" or "gzip" ("none" and "" mean None)
     progress: bool = True  # progress bar, device note and summary on stderr
     flush_rows: int = 8192  # rows gathered per HDF5 append
+    # --stats-only: a statistics file (two passes, no features stored) instead of a feature file
+    stats_only: bool = False
+    stats_split: str | None = None  # --split: the split that defines the metrics (default "train")
+    global_mean: str | None = None  # --global-mean: "class" (default) or "sample"
 
     def __post_init__(self) -> None:
         for name in ("epoch", "step"):

@@ -10,4 +10,9 @@
   decisions   the tie rule: fast scores, exact re-decision in float64
   record      measure_file (the file driver), the measure record and its validator
   render      JSON lines and rich tables of records
+  accumulator ncli.Accumulator: the two passes fed batch by batch (numpy arrays, torch tensors)
+  user_batches  the checks of a user's batch (each refusal names the batch), host conversion
+  device_passes the accumulator's batches kept on a torch device, checks read without waiting
+  reduce      merge and all_reduce (torch.distributed, summed in rank order)
+  stored      statistics files: Accumulator save/load, and measure of such a file
 """

@@ -24,7 +24,7 @@ import threading
 from typing import Iterable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ncli.features.reader import Chunk
 from ncli.measure import decisions
@@ -34,6 +34,21 @@ from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 NC1_METHODS = ("auto", "project", "scatter")
 U32 = 2.0**-24  # float32 unit roundoff
+
+
+_blas = None
+
+
+def single_threaded_blas():
+    """A context in which numpy's BLAS runs one thread (small products on threads that other
+    work keeps busy can take 10× longer). The library scan happens once (a
+    ThreadpoolController made on first use, after numpy loaded its BLAS): a fresh
+    ``threadpool_limits`` scans every loaded library, about 1 ms, too slow per batch for the
+    accumulator API, which calls a backend once per batch."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -113,7 +128,7 @@ class NumpyBackend:
                 raise NonFiniteFeatures(block.start, block.features)
             return segments.classes, part, np.bincount(block.labels, minlength=num_classes)
 
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():
             for classes, part, counts in ordered_map(block_sums, blocks, self.threads):
                 stats.add(classes, part, counts)
 
@@ -127,8 +142,8 @@ class NumpyBackend:
             method = cheaper_nc1_method(p, k, model.num_classes)
         else:
             method = self.nc1_method
-        block_stats = _BlockEvaluator(model, method, self.kernels)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():  # also while the model's float32 tables are built (once per model)
+            block_stats = _BlockEvaluator(model, method, self.kernels)
             for y, y_ncc, y_net, ss, part in ordered_map(block_stats, blocks, self.threads):
                 if stats.within:
                     if method == "scatter":

@@ -50,7 +50,12 @@ def resolve_device(device: str):
 
 
 class TorchBackend:
-    """The passes on ``device`` ("cuda", "cuda:N"; "cpu" runs this code path on the CPU)."""
+    """The passes on ``device`` ("cuda", "cuda:N"; "cpu" runs this code path on the CPU).
+
+    Blocks may hold numpy arrays (copied to the device) or torch tensors (used where they
+    are when already on the device: only statistics and decisions come back). The sums of a
+    pass stay on the device in a :class:`DeviceClassSums` / :class:`DeviceEvaluation`, which
+    the accumulator API (:mod:`ncli.measure.accumulator`) keeps across calls."""
 
     def __init__(self, device: str = "cuda"):
         self.device = resolve_device(device)
@@ -58,8 +63,11 @@ class TorchBackend:
 
         self.torch = torch
 
-    def _to_device(self, arr: np.ndarray):
-        tensor = self.torch.from_numpy(np.ascontiguousarray(arr))
+    def _to_device(self, arr):
+        torch = self.torch
+        if isinstance(arr, torch.Tensor):
+            return arr.detach().to(self.device, non_blocking=True)
+        tensor = torch.from_numpy(np.ascontiguousarray(arr))
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
@@ -79,56 +87,119 @@ class TorchBackend:
 
     def class_sums(self, blocks: Iterable[Chunk], stats: ClassStatistics) -> None:
         """Pass 1: add the per-class counts and float64 sums of all blocks to ``stats``."""
-        torch = self.torch
-        num_classes, p = stats.sums.shape
-        sums = torch.zeros((num_classes, p), dtype=torch.float64, device=self.device)
-        counts = torch.zeros(num_classes, dtype=torch.int64, device=self.device)
+        sums = DeviceClassSums(self, *stats.sums.shape)
         for block in blocks:
-            H = self._to_device(block.features).double()
-            y = self._to_device(block.labels)
-            if not bool(torch.isfinite(H).all()):
-                raise NonFiniteFeatures(block.start, block.features)
-            sums.index_add_(0, y, H)
-            counts += torch.bincount(y, minlength=num_classes)
-        stats.add(np.arange(num_classes), sums.cpu().numpy(), counts.cpu().numpy())
+            sums.add(block)
+        sums.into(stats)
 
     def evaluate(self, blocks: Iterable[Chunk], model: Model, stats: SplitStatistics) -> None:
         """Pass 2: add the decisions of all blocks (and, with ``stats.within``, the
         within-class sums) to ``stats``."""
-        torch = self.torch
-        f64 = dict(dtype=torch.float64, device=self.device)
-        means = torch.as_tensor(model.means, **f64)
-        U = torch.as_tensor(model.basis.U, **f64)
-        coords = torch.as_tensor(model.basis.coords, **f64)
-        sq_norm_centred = (coords * coords).sum(1)
-        max_norm_centred = model.max_norm_centred
-        if model.has_classifier:
-            W = torch.as_tensor(model.W, **f64)
-            b = torch.as_tensor(model.b, **f64)
-            max_norm_w, max_abs_b = model.max_norm_w, model.max_abs_b
-        ss = torch.zeros(model.num_classes, **f64)
-        proj = torch.zeros(U.shape[1], **f64)
+        evaluation = DeviceEvaluation(self, model, stats.within)
         for block in blocks:
-            H = self._to_device(block.features).double()
-            y = self._to_device(block.labels)
-            D = H - means[y]
-            rn = (D * D).sum(1)
-            if not bool(torch.isfinite(rn).all()):
-                raise NonFiniteFeatures(block.start, block.features)
-            Z = D @ U
-            if stats.within:
-                ss.index_add_(0, y, rn)
-                proj += (Z * Z).sum(0)
-            E = Z + coords[y]
-            score = 2.0 * (E @ coords.T) - sq_norm_centred  # argmax = nearest centre
-            tol = decisions.TIE_RTOL * (torch.linalg.vector_norm(E, dim=1) * max_norm_centred + max_norm_centred**2)
-            rows_host = block.features
-            y_ncc = self._decide(score, tol, lambda rows: decisions.ncc_scores(rows_host[rows], model.means))
-            y_net = None
-            if model.has_classifier:
-                logits = H @ W.T + b
-                tol = decisions.TIE_RTOL * (torch.linalg.vector_norm(H, dim=1) * max_norm_w + max_abs_b)
-                y_net = self._decide(logits, tol, lambda rows: decisions.logits(rows_host[rows], model.W, model.b))
-            stats.count(block.labels, y_ncc, y_net)
-        if stats.within:
-            stats.add_within(ss.cpu().numpy(), proj_ss=proj.cpu().numpy())
+            evaluation.add(block, stats)
+        evaluation.into(stats)
+
+
+def host_rows(features, rows=None) -> np.ndarray:
+    """Rows of a block's features (all when ``rows`` is None) as a host numpy array."""
+    if isinstance(features, np.ndarray):
+        return features if rows is None else features[rows]
+    import torch
+
+    features = features.detach()
+    if rows is not None:
+        features = features[torch.as_tensor(rows, device=features.device)]
+    if features.dtype not in (torch.float32, torch.float64):
+        features = features.float()  # float16/bfloat16 values are exact in float32
+    return features.cpu().numpy()
+
+
+class DeviceClassSums:
+    """Pass 1 on the device: per-class float64 sums and counts kept there across blocks;
+    :meth:`into` adds them to a host :class:`ClassStatistics` and starts again from zero.
+
+    ``check``: each block's features are checked finite at once (a synchronisation per
+    block). With ``check=False`` the caller checks (the accumulator API collects device-side
+    flags and raises later, so that a training step never waits on the GPU)."""
+
+    def __init__(self, backend: TorchBackend, num_classes: int, dim: int, check: bool = True):
+        torch = backend.torch
+        self.backend, self.check = backend, check
+        self.sums = torch.zeros((num_classes, dim), dtype=torch.float64, device=backend.device)
+        self.counts = torch.zeros(num_classes, dtype=torch.int64, device=backend.device)
+
+    def add(self, block: Chunk) -> None:
+        torch = self.backend.torch
+        H = self.backend._to_device(block.features).double()
+        y = self.backend._to_device(block.labels)
+        if self.check and not bool(torch.isfinite(H).all()):
+            raise NonFiniteFeatures(block.start, host_rows(block.features))
+        self.sums.index_add_(0, y, H)
+        self.counts.index_add_(0, y, torch.ones_like(y))  # (bincount would wait for the device: it reads max(y))
+
+    def into(self, stats: ClassStatistics) -> None:
+        stats.add(np.arange(self.counts.shape[0]), self.sums.cpu().numpy(), self.counts.cpu().numpy())
+        self.sums.zero_()
+        self.counts.zero_()
+
+
+class DeviceEvaluation:
+    """Pass 2 on the device against a model: each block's decisions are counted into the
+    host ``stats`` as it comes (they cross to the host anyway, for the exact tie rule); with
+    ``within``, Σ‖h − μ_y‖² per class and Σ_W on span(M) (``method`` "project": Σ (dᵀU)²
+    along the basis, "scatter": the p × p Σ ddᵀ) stay on the device until :meth:`into`."""
+
+    def __init__(self, backend: TorchBackend, model: Model, within: bool, method: str = "project"):
+        torch = backend.torch
+        self.backend, self.model, self.within, self.method = backend, model, within, method
+        f64 = dict(dtype=torch.float64, device=backend.device)
+        self.means = torch.as_tensor(model.means, **f64)
+        self.U = torch.as_tensor(model.basis.U, **f64)
+        self.coords = torch.as_tensor(model.basis.coords, **f64)
+        self.sq_norm_centred = (self.coords * self.coords).sum(1)
+        if model.has_classifier:
+            self.W = torch.as_tensor(model.W, **f64)
+            self.b = torch.as_tensor(model.b, **f64)
+        self.ss = torch.zeros(model.num_classes, **f64)
+        p, k = self.U.shape
+        self.within_sum = torch.zeros((p, p) if method == "scatter" else k, **f64)
+
+    def add(self, block: Chunk, stats: SplitStatistics) -> None:
+        torch, backend, model = self.backend.torch, self.backend, self.model
+        H = backend._to_device(block.features).double()
+        y = backend._to_device(block.labels)
+        D = H - self.means[y]
+        rn = (D * D).sum(1)
+        if not bool(torch.isfinite(rn).all()):
+            raise NonFiniteFeatures(block.start, host_rows(block.features))
+        Z = D @ self.U
+        if self.within:
+            self.ss.index_add_(0, y, rn)
+            if self.method == "scatter":
+                self.within_sum += D.T @ D
+            else:
+                self.within_sum += (Z * Z).sum(0)
+        E = Z + self.coords[y]
+        score = 2.0 * (E @ self.coords.T) - self.sq_norm_centred  # argmax = nearest centre
+        max_norm_centred = model.max_norm_centred
+        tol = decisions.TIE_RTOL * (torch.linalg.vector_norm(E, dim=1) * max_norm_centred + max_norm_centred**2)
+        features = block.features
+        y_ncc = backend._decide(score, tol, lambda rows: decisions.ncc_scores(host_rows(features, rows), model.means))
+        y_net = None
+        if model.has_classifier:
+            logits = H @ self.W.T + self.b
+            tol = decisions.TIE_RTOL * (torch.linalg.vector_norm(H, dim=1) * model.max_norm_w + model.max_abs_b)
+            y_net = backend._decide(logits, tol, lambda rows: decisions.logits(host_rows(features, rows), model.W, model.b))
+        labels = block.labels if isinstance(block.labels, np.ndarray) else block.labels.cpu().numpy()
+        stats.count(labels, y_ncc, y_net)
+
+    def into(self, stats: SplitStatistics) -> None:
+        if self.within:
+            within = self.within_sum.cpu().numpy()
+            if self.method == "scatter":
+                stats.add_within(self.ss.cpu().numpy(), scatter=within)
+            else:
+                stats.add_within(self.ss.cpu().numpy(), proj_ss=within)
+            self.ss.zero_()
+            self.within_sum.zero_()

@@ -16,9 +16,10 @@ import numpy as np
 
 from ncli.errors import InputError
 from ncli.features.reader import FeatureFile
+from ncli.features.stats_file import is_statistics_file
 from ncli.measure import metrics, registry
 from ncli.measure.blocks import NonFiniteFeatures, file_blocks
-from ncli.measure.engine import NumpyBackend
+from ncli.measure.engine import NumpyBackend, single_threaded_blas
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 SCHEMA = "ncli.measure/1"
@@ -27,6 +28,10 @@ SCHEMA = "ncli.measure/1"
 def list_layers(path: str | os.PathLike, split: str = "train", *, allow_external: bool = False) -> list[str]:
     """Names of the intermediate layers stored for ``split`` (for ``--layer all``), in forward
     order when the file records each layer's depth."""
+    if is_statistics_file(path):
+        from ncli.measure.stored import list_statistics_layers
+
+        return list_statistics_layers(path)
     with FeatureFile(path, allow_external=allow_external) as ff:
         layers = list(ff.split(split).layers)
     if not layers:
@@ -54,7 +59,9 @@ def measure_file(
     backend=None,
     allow_external: bool = False,
 ) -> dict:
-    """All collapse metrics of one file, as a JSON-ready dict (see module docstring).
+    """All collapse metrics of one file, as a JSON-ready dict (see module docstring). A
+    statistics file (``ncli extract --stats-only``, ``Accumulator.save``) gives the record of
+    its accumulated statistics (``layer`` and ``chunk_rows`` do not apply to it).
 
     ``split`` names the split whose class statistics define the metrics; every split in the
     file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
@@ -67,6 +74,12 @@ def measure_file(
     """
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
+    if is_statistics_file(path):  # accumulated already: no passes, the same record
+        from ncli.measure.stored import record_inputs
+
+        with single_threaded_blas():  # as Accumulator.measure: the same bits
+            inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows)
+            return build_record(**inputs, per_class=per_class)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path, allow_external=allow_external) as ff:
         info = ff.split(split)
