@@ -206,6 +206,103 @@ NCLI_EXPORT NCLI_CLONES void ncli_ncc_coords(const double *Z, int64_t n, int64_t
     }
 }
 
+/* ---- pair statistics (tiled sweep over the pairs c < c' of C vectors, see pairs.py) ---- */
+
+/* Partial sums, in this order, of one tile of a Gram matrix (indices into acc[]). */
+enum {
+    NCLI_PAIR_ABS,      /* sum |cos + offset|                               (max-angle)        */
+    NCLI_PAIR_COS1,     /* sum (cos - cos_shift)                            (equiangularity)   */
+    NCLI_PAIR_COS2,     /* sum (cos - cos_shift)^2                                             */
+    NCLI_PAIR_CDNV,     /* sum (s2_a + s2_b) / (2 d2) over pairs with d2 > 0 (CDNV)            */
+    NCLI_PAIR_CDNV0,    /* number of pairs with d2 <= 0 (CDNV undefined)                       */
+    NCLI_PAIR_K1,       /* sum (k - k_shift), k = -log(u2)/2 over pairs with u2 > 0 (GNC2)     */
+    NCLI_PAIR_K2,       /* sum (k - k_shift)^2                                                 */
+    NCLI_PAIR_COUNT,    /* number of pairs seen                                                */
+    NCLI_PAIR_SUMS
+};
+
+static double ncli_sq_dist(const double *a, const double *b, int64_t p) {
+    double s = 0.0;
+    for (int64_t t = 0; t < p; t++) {
+        double d = a[t] - b[t];
+        s += d * d;
+    }
+    return s;
+}
+
+/* Pairs (a, b) = (r0 + i, c0 + j) with a < b of the tile G (rows x cols, row-major, ld cols),
+ * G[i, j] = <x_a, x_b> for C vectors x (norm: (C,) their norms). With cos = G / (norm_a norm_b)
+ * every pair adds to acc[NCLI_PAIR_ABS..COS2]; when s2 is not NULL (CDNV; x = centred means)
+ * d2 = sq_a + sq_b - 2 G (sq = norm^2), recomputed as ||pts_a - pts_b||^2 from the rows of pts
+ * (C x p, the class means) where d2 < 1e-3 (sq_a + sq_b) (the expansion cancels there); when
+ * unit is not NULL (GNC2; unit = (C x p) rows x_c / ||x_c||) u2 = 2 - 2 cos, recomputed as
+ * ||unit_a - unit_b||^2 where u2 < 2e-3, and k = -log(u2)/2. The first pair (row-major) with
+ * u2 <= zero_u2 (identical directions, up to rounding) is written to zero_pair[0..1]; such
+ * pairs add nothing. Sums are per row, then added to acc
+ * row by row (fixed order). scratch: cols doubles. */
+NCLI_EXPORT void ncli_pair_tile(const double *G, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
+                                const double *norm, double offset, double cos_shift, const double *s2,
+                                const double *pts, const double *unit, int64_t p, double k_shift, double zero_u2,
+                                double *scratch, double *acc, int64_t *zero_pair) {
+    for (int64_t i = 0; i < rows; i++) {
+        int64_t a = r0 + i;
+        int64_t j0 = a + 1 - c0; /* first column with b > a */
+        if (j0 < 0) j0 = 0;
+        if (j0 >= cols) continue;
+        const double *g = G + i * cols;
+        const double *nb = norm + c0;
+        double na = norm[a];
+        double s_abs = 0.0, s_c1 = 0.0, s_c2 = 0.0;
+        for (int64_t j = j0; j < cols; j++) {
+            double c = g[j] / (na * nb[j]);
+            scratch[j] = c;
+            s_abs += fabs(c + offset);
+            double dc = c - cos_shift;
+            s_c1 += dc;
+            s_c2 += dc * dc;
+        }
+        acc[NCLI_PAIR_ABS] += s_abs;
+        acc[NCLI_PAIR_COS1] += s_c1;
+        acc[NCLI_PAIR_COS2] += s_c2;
+        acc[NCLI_PAIR_COUNT] += (double)(cols - j0);
+        if (s2 != NULL) {
+            double sqa = na * na, s2a = s2[a], s_cd = 0.0, zero = 0.0;
+            for (int64_t j = j0; j < cols; j++) {
+                int64_t b = c0 + j;
+                double sqb = nb[j] * nb[j];
+                double d2 = sqa + sqb - 2.0 * g[j];
+                if (d2 < 1e-3 * (sqa + sqb)) d2 = ncli_sq_dist(pts + a * p, pts + b * p, p);
+                if (d2 > 0.0) {
+                    s_cd += (s2a + s2[b]) / (2.0 * d2);
+                } else {
+                    zero += 1.0;
+                }
+            }
+            acc[NCLI_PAIR_CDNV] += s_cd;
+            acc[NCLI_PAIR_CDNV0] += zero;
+        }
+        if (unit != NULL) {
+            double s_k1 = 0.0, s_k2 = 0.0;
+            for (int64_t j = j0; j < cols; j++) {
+                double u2 = 2.0 - 2.0 * scratch[j];
+                if (u2 < 2e-3) u2 = ncli_sq_dist(unit + a * p, unit + (c0 + j) * p, p);
+                if (u2 <= zero_u2) {
+                    if (zero_pair[0] < 0) {
+                        zero_pair[0] = a;
+                        zero_pair[1] = c0 + j;
+                    }
+                    continue;
+                }
+                double dk = -0.5 * log(u2) - k_shift;
+                s_k1 += dk;
+                s_k2 += dk * dk;
+            }
+            acc[NCLI_PAIR_K1] += s_k1;
+            acc[NCLI_PAIR_K2] += s_k2;
+        }
+    }
+}
+
 /* ---- module stub --------------------------------------------------------------------------- */
 
 static struct PyModuleDef kernels_module = {

@@ -63,6 +63,12 @@ def array_blocks(H: np.ndarray, y: np.ndarray, num_classes: int, start: int = 0)
         yield Chunk(start + off, np.ascontiguousarray(H[part]), y[part])
 
 
+def unlabelled(blocks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """The blocks with every label 0: a split read as one class (an OOD split's mean)."""
+    for block in blocks:
+        yield Chunk(block.start, block.features, np.zeros(block.labels.shape[0], dtype=np.int64))
+
+
 def ordered_map(fn, items, workers: int = 1):
     """Yield ``fn(item)`` for each item, in order, computed by ``workers`` threads.
 
@@ -89,9 +95,11 @@ def ordered_map(fn, items, workers: int = 1):
 
 
 class NonFiniteFeatures(InputError):
-    """A block holds a row with NaN or Inf; the caller adds where (file, split)."""
+    """A block holds a row with NaN or Inf; the caller adds where (file, split). ``positions``:
+    the rows' positions in the block when ``H`` holds only some of its rows."""
 
-    def __init__(self, start: int, H: np.ndarray):
+    def __init__(self, start: int, H: np.ndarray, positions: np.ndarray | None = None):
         bad = ~np.isfinite(H).all(axis=1)
-        self.row = start + int(np.argmax(bad)) if bad.any() else start
+        first = int(np.argmax(bad)) if bad.any() else 0
+        self.row = start + (first if positions is None else int(positions[first]))
         super().__init__(f"row {self.row}: features contain NaN or Inf")
