@@ -46,8 +46,17 @@ def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True)
     return bits
 
 
+def classes_measured(rec: dict) -> str | None:
+    """"C' of C classes measured (≥ K train samples each)" when not every class was."""
+    measured, total = rec.get("classes_measured"), rec.get("num_classes")
+    if measured is None or measured == total:
+        return None
+    rule = f" (≥ {rec['min_per_class']} train samples each)" if rec.get("min_per_class") else ""
+    return f"{measured:,} of {total:,} classes measured{rule}"
+
+
 def _title(rec: dict) -> str:
-    return "  ".join(run_label_parts(rec))
+    return "  ".join(run_label_parts(rec) + [part for part in (classes_measured(rec),) if part])
 
 
 def metrics_table(records: list[dict]) -> Table:
@@ -67,6 +76,8 @@ def metrics_table(records: list[dict]) -> Table:
 
 def splits_heading(rec: dict, with_file: bool = False) -> str:
     title = f"splits (class statistics from {rec.get('train_split', 'train')!r})"
+    if rec.get("ood"):
+        title += f"; out-of-distribution split {rec['ood']['split']!r} ({rec['ood']['num_samples']:,} samples) for NC5 only"
     return f"{_title(rec)}: {title}" if with_file else title
 
 
