@@ -107,7 +107,8 @@ class _NumpyKernels:
         g = G[ai, bj]
         acc = np.zeros(len(PAIR_SUMS))
         zero_pair = None
-        cos = g / (norm[a] * norm[b])
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zero vector: NaN sums, as in C
+            cos = g / (norm[a] * norm[b])
         acc[PAIR_SUMS["abs"]] = np.sum(np.abs(cos + offset))
         dc = cos - cos_shift
         acc[PAIR_SUMS["cos1"]] = np.sum(dc)
