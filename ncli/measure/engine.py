@@ -184,6 +184,7 @@ class _BlockEvaluator:
             self.tables = (model.centred32, model.ncc_offsets32)
             self.mu_g_row, self.norm_mu_g = model.mu_g_row, model.norm_mu_g
         self.classifier = (model.W32, model.b32, model.max_norm_w) if model.has_classifier else None
+        model.label_map  # the class selection's table, before the worker threads use it
         self.buffers = _Buffers()
 
     def __call__(self, block: Chunk):
