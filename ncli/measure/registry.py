@@ -188,6 +188,7 @@ METRICS = (
     Metric(
         "gnc2_log_var", "GNC2  variance of log 1/‖û_c−û_c'‖",
         lambda s: metrics.gnc2_log_var(s.means_sweep), by_layer=True, epoch_panel=GNC2_PANEL,
+        series="means",
     ),
     Metric(
         "duality_cos_mean", "UNC3  mean cos(w_c, μ_c−μ_G)", lambda s: metrics.duality_cos_mean(s.W, s.centred),
