@@ -60,12 +60,12 @@ def measure(
         help="An out-of-distribution split (labels ignored, not evaluated): NC5's ID/OOD orthogonality.",
     ),
 ) -> None:
-    """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
+    """Compute the Neural Collapse metrics (NC1-NC4; GNC2, UNC3, NC5) of feature files.
 
     Class statistics come from the train split (--split); every split in the file is evaluated
-    against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split. Streams over
-    the file in chunks with float64 accumulators, so memory does not grow with the number of
-    samples, and never forms a C x C matrix (vocabulary-sized C: see --min-per-class).
+    against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split.
+    Streams over the file in chunks with float64 accumulators, so memory does not grow with
+    the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
 
     Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
     """
