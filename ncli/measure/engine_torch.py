@@ -196,7 +196,7 @@ class TorchPairSweep(PairSweep):
                     d2[close] = ((pts[pa[close]] - pts[pb[close]]) ** 2).sum(1)
                     positive = d2 > 0
                     part[PAIR_SUMS["cdnv"]] = ((s2[pa] + s2[pb])[positive] / (2.0 * d2[positive])).sum()
-                    part[PAIR_SUMS["cdnv0"]] = float(pa.numel()) - positive.sum()
+                    part[PAIR_SUMS["cdnv0"]] = float(pa.numel() - int(positive.sum()))
                 if unit_dev is not None:
                     u2 = 2.0 - 2.0 * cos
                     close = torch.nonzero(u2 < 2e-3).flatten()
