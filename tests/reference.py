@@ -32,6 +32,11 @@ METRIC_KEYS = (
     "self_duality",
     "wh_etf_distance",
     "bias_collapse",
+    "gnc2_log_mean",
+    "gnc2_log_var",
+    "duality_cos_mean",
+    "duality_cos_std",
+    "nc5_orthodev",
     "ncc_disagreement",
 )
 SPLIT_KEYS = ("num_samples", "accuracy", "ncc_accuracy", "ncc_disagreement")
@@ -89,12 +94,17 @@ def reference_record(
     global_mean: str = "class",
     train_name: str = "train",
     class_names=None,
+    min_per_class: int | None = None,
+    ood=None,
 ) -> dict:
     """The metric record of metrics.md for these arrays.
 
     H_train (N, p) as stored (cast here to float64), y_train (N,), W (C, p) or None,
     b (C,) or None (zeros), other_splits {name: (H, y)} evaluated against the train class
-    statistics. Returns {"num_classes", "feature_dim", "global_mean", "splits", "metrics",
+    statistics. ``min_per_class``: measure only the classes with at least that many train
+    samples (the others' rows are dropped from every split, their classifier rows too).
+    ``ood``: the features of an out-of-distribution split (for nc5_orthodev). Returns
+    {"num_classes", "classes_measured", "feature_dim", "global_mean", "splits", "metrics",
     "per_class"} with the keys of the JSON record.
     """
     H = np.asarray(H_train, dtype=np.float64)
@@ -106,6 +116,26 @@ def reference_record(
         W = np.asarray(W, dtype=np.float64)
         b = np.zeros(C) if b is None else np.asarray(b, dtype=np.float64)
         assert W.shape == (C, p) and b.shape == (C,)
+    file_classes = C
+    kept = list(range(C))
+    other_splits = dict(other_splits or {})
+    if min_per_class is not None:
+        # keep the classes with enough train samples; relabel them 0..C'-1 in order; drop the
+        # rows of the others from every split
+        kept = [c for c in range(C) if int(np.sum(y == c)) >= min_per_class]
+        new_label = {c: i for i, c in enumerate(kept)}
+
+        def restrict(Hs, ys):
+            Hs, ys = np.asarray(Hs), np.asarray(ys).astype(np.int64)
+            rows = [i for i in range(len(ys)) if int(ys[i]) in new_label]
+            return Hs[rows], np.array([new_label[int(ys[i])] for i in rows], dtype=np.int64)
+
+        H, y = restrict(H, y)
+        N = H.shape[0]
+        other_splits = {name: restrict(*split) for name, split in other_splits.items()}
+        if has_w:
+            W, b = W[kept], b[kept]
+        C = len(kept)
 
     # class means, counts, sigma_c^2 (two passes: mean first, then centred squares)
     counts = np.array([int(np.sum(y == c)) for c in range(C)])
@@ -185,6 +215,9 @@ def reference_record(
             np.linalg.norm(WM / np.linalg.norm(WM, "fro") - _etf_target(C), "fro")
         )
         metrics["bias_collapse"] = math.sqrt(sum((float(W[c] @ mu_G) + b[c]) ** 2 for c in range(C)))
+        duality = [_cos(W[c], M[:, c]) for c in range(C)]
+        metrics["duality_cos_mean"] = float(np.mean(duality))
+        metrics["duality_cos_std"] = _sample_std(duality)
     else:
         w_norms = None
         for k in (
@@ -195,8 +228,28 @@ def reference_record(
             "self_duality",
             "wh_etf_distance",
             "bias_collapse",
+            "duality_cos_mean",
+            "duality_cos_std",
         ):
             metrics[k] = None
+
+    # GNC2: log inverse distances of the unit centred means, over pairs; population variance
+    # (identical directions, up to rounding, make it infinite: ncli raises an error; None here)
+    unit = [M[:, c] / np.linalg.norm(M[:, c]) for c in range(C)]
+    dist = [float(np.linalg.norm(unit[c] - unit[d])) for c, d in pairs]
+    if min(dist) > 1e-12:
+        log_inv = [math.log(1.0 / x) for x in dist]
+        metrics["gnc2_log_mean"] = float(np.mean(log_inv))
+        metrics["gnc2_log_var"] = float(np.mean((np.array(log_inv) - np.mean(log_inv)) ** 2))
+    else:
+        metrics["gnc2_log_mean"] = metrics["gnc2_log_var"] = None
+
+    # NC5: |cos| of the uncentred class means with the OOD split's sample mean
+    if ood is None:
+        metrics["nc5_orthodev"] = None
+    else:
+        mu_ood = np.asarray(ood, dtype=np.float64).mean(axis=0)
+        metrics["nc5_orthodev"] = float(np.mean([abs(_cos(means[c], mu_ood)) for c in range(C)]))
 
     # NC4 on every split
     all_splits = {train_name: (H, y)}
@@ -227,8 +280,8 @@ def reference_record(
     for c in range(C):
         per_class.append(
             {
-                "class": c,
-                "name": None if class_names is None else str(class_names[c]),
+                "class": kept[c],
+                "name": None if class_names is None else str(class_names[kept[c]]),
                 "num_samples": int(counts[c]),
                 "sigma2": float(sigma2[c]),
                 "mean_dist": float(mean_norms[c]),
@@ -239,7 +292,8 @@ def reference_record(
         )
 
     return {
-        "num_classes": C,
+        "num_classes": file_classes,
+        "classes_measured": C,
         "feature_dim": p,
         "global_mean": global_mean,
         "splits": splits,
@@ -286,6 +340,8 @@ def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class
     """Every metric, every split stat (and optionally per-class entry) within rtol of ref."""
     errors = []
     assert rec["num_classes"] == ref["num_classes"], (rec["num_classes"], ref["num_classes"])
+    if "classes_measured" in rec:
+        assert rec["classes_measured"] == ref["classes_measured"], (rec["classes_measured"], ref["classes_measured"])
     assert rec["feature_dim"] == ref["feature_dim"], (rec["feature_dim"], ref["feature_dim"])
     assert rec["global_mean"] == ref["global_mean"]
     m = rec["metrics"]
@@ -310,7 +366,7 @@ def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class
                 errors.append(f"splits.{name}.{k}: {_fmt(got[k], st[k])}")
     if per_class:
         pcs = rec.get("per_class")
-        assert isinstance(pcs, list) and len(pcs) == ref["num_classes"], "per_class missing or wrong length"
+        assert isinstance(pcs, list) and len(pcs) == ref["classes_measured"], "per_class missing or wrong length"
         for got, want in zip(pcs, ref["per_class"]):
             c = want["class"]
             for k in PER_CLASS_KEYS:

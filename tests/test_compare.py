@@ -267,7 +267,7 @@ def test_figure_has_the_papers_panels(series):
     recs = [_measured(p) for p in series]
     fig = plot.build_figure(recs)
     axes = fig.axes
-    assert len(axes) == 7
+    assert len(axes) == 8
     assert [ax.get_title() for ax in axes] == list(registry.EPOCH_TITLES)
     titles = " ".join(ax.get_title() for ax in axes)
     for fig_no in ("Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Fig. 6", "Fig. 7"):
@@ -289,6 +289,29 @@ def test_figure_has_the_papers_panels(series):
     assert acc["train"] == [r["splits"]["train"]["accuracy"] for r in recs]
     assert set(acc) == {"train", "test"}
     assert len(fig.legends) == 1
+    # GNC2 beside the NC2 panels: the variance of the log inverse distances, per run
+    gnc2 = by_title[registry.GNC2_PANEL.title]
+    assert list(gnc2.get_lines()[0].get_ydata()) == [r["metrics"]["gnc2_log_var"] for r in recs]
+    assert not any("simplex" in text.get_text() for ax in axes for text in ax.texts)  # C = 4 ≤ p + 1
+
+
+def test_nc2_panels_say_no_simplex_etf_exists_when_c_exceeds_p_plus_1(series):
+    pytest.importorskip("matplotlib")
+    from ncli.compare import plot
+
+    recs = [_measured(p) for p in series[:2]]
+    for rec in recs:
+        rec["feature_dim"] = 2  # C = 4 classes > p + 1 = 3
+    recs[1]["classes_measured"], recs[1]["num_classes"] = 3, 9  # and --min-per-class kept 3 of 9 in one
+    fig = plot.build_figure(recs)
+    by_title = dict(zip(registry.EPOCH_TITLES, fig.axes))
+    for panel in registry.EPOCH_PANELS:
+        texts = [text.get_text() for text in by_title[panel.title].texts]
+        assert ("no simplex ETF exists at C = 4 > p + 1 = 3" in texts) == panel.simplex, panel.title
+    assert {panel.title for panel in registry.EPOCH_PANELS if panel.simplex} == {
+        registry.EQUINORM_PANEL.title, registry.EQUIANGULAR_PANEL.title, registry.MAXANGLE_PANEL.title
+    }
+    assert "3 of 9 classes measured" in fig._suptitle.get_text()
 
 
 def test_figure_without_epochs_uses_run_index_and_linear_x(series):

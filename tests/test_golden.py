@@ -35,11 +35,15 @@ CASES = {
     "compare_csv": (["compare", *MLP, "--csv"], "root"),
     "compare_layers": (["compare", CNN, "--by", "layer", "--json"], "root"),
     "measure_synthetic": (["measure", "wide.h5", "no_classifier.h5", "--json", "--per-class"], "synthetic"),
+    "measure_sparse_classes": (
+        ["measure", "sparse.h5", "--json", "--per-class", "--min-per-class", "3", "--ood", "ood"], "synthetic"
+    ),
 }
 
 
 def write_synthetic(folder: Path) -> None:
-    """Two deterministic files: C > p with a classifier (the scatter path), and no classifier."""
+    """Deterministic files: C > p with a classifier (the scatter path), no classifier, and
+    classes without train samples with an OOD split (--min-per-class, --ood)."""
     from ncli.features import write_features
 
     rng = np.random.default_rng(20261201)
@@ -56,6 +60,19 @@ def write_synthetic(folder: Path) -> None:
     write_features(folder / "wide.h5", splits, num_classes=C, weight=W, bias=b, attrs={"epoch": 7}, force=True)
     small = {"train": {"features": H[:, :5].astype(np.float64), "labels": y % 6}}
     write_features(folder / "no_classifier.h5", small, num_classes=6, force=True)
+    # a vocabulary in miniature: 40 classes, Zipf-like counts (some classes without train
+    # samples), a test split with every class, and an out-of-distribution split
+    C = 40
+    means = rng.standard_normal((C, 8)) * 2
+    y = np.minimum((1.0 / rng.uniform(0.02, 1.0, 600)).astype(np.int64) - 1, C - 1)
+    yt = np.arange(C).repeat(3)
+    sparse = {
+        "train": {"features": (means[y] + rng.standard_normal((600, 8))).astype(np.float32), "labels": y},
+        "test": {"features": (means[yt] + rng.standard_normal((yt.size, 8))).astype(np.float32), "labels": yt},
+        "ood": {"features": (rng.standard_normal((50, 8)) + 1.0).astype(np.float32), "labels": np.zeros(50, np.int64)},
+    }
+    W = means - means.mean(axis=0) + 0.5 * rng.standard_normal((C, 8))
+    write_features(folder / "sparse.h5", sparse, num_classes=C, weight=W, bias=0.1 * rng.standard_normal(C), force=True)
 
 
 def run_case(name: str, synthetic: Path) -> str:

@@ -13,6 +13,7 @@ from ncli.errors import InputError
 from ncli.measure import metrics, registry
 from ncli.measure.blocks import array_blocks
 from ncli.measure.engine import NumpyBackend
+from ncli.measure.pairs import PairSweep
 from ncli.measure.record import build_record
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
@@ -99,37 +100,42 @@ def test_cdnv_against_pairwise_definition(rng):
     pairs = [
         (sigma2[a] + sigma2[c]) / (2 * np.sum((means[a] - means[c]) ** 2)) for a in range(C) for c in range(a + 1, C)
     ]
-    gram = metrics.Gram.of(means - mu_g)
-    assert metrics.cdnv(counts.astype(float), means, ss_within, gram) == pytest.approx(np.mean(pairs), rel=REL)
+    sigma2 = ss_within / counts
+    gram = metrics.Gram.of(means - mu_g, sigma2=sigma2, points=means)
+    assert metrics.cdnv(gram) == pytest.approx(np.mean(pairs), rel=REL)
+    tiled = PairSweep(tile=3)(means - mu_g, sigma2=sigma2, points=means)
+    assert metrics.cdnv(tiled) == pytest.approx(np.mean(pairs), rel=REL)
     means[1] = means[0]  # two classes with one mean: CDNV is undefined, reported as null
-    assert metrics.cdnv(counts.astype(float), means, ss_within, metrics.Gram.of(means - mu_g)) is None
+    assert metrics.cdnv(metrics.Gram.of(means - mu_g, sigma2=sigma2, points=means)) is None
+    assert metrics.cdnv(PairSweep(tile=3)(means - mu_g, sigma2=sigma2, points=means)) is None
 
 
 def test_nc2_against_norms_and_cosines(rng):
     C, p = 6, 8
     V = rng.standard_normal((C, p)) * rng.uniform(0.5, 2.0, size=(C, 1))
-    gram = metrics.Gram.of(V)
     norms = np.linalg.norm(V, axis=1)
     cos = [V[a] @ V[c] / (norms[a] * norms[c]) for a in range(C) for c in range(a + 1, C)]
-    assert metrics.equinorm(gram) == pytest.approx(np.std(norms, ddof=1) / norms.mean(), rel=REL)
-    assert metrics.equiangular(gram) == pytest.approx(np.std(cos, ddof=1), rel=REL)
-    assert metrics.maxangle(gram) == pytest.approx(np.mean(np.abs(np.array(cos) + 1 / (C - 1))), rel=REL)
     G = V @ V.T
     target = (np.eye(C) - np.ones((C, C)) / C) / math.sqrt(C - 1)
-    assert metrics.etf_distance(G) == pytest.approx(np.linalg.norm(G / np.linalg.norm(G) - target), rel=REL)
+    for view in (metrics.Gram.of(V), PairSweep(tile=4)(V), PairSweep(tile=1)(V)):  # dense, tiled, 1 × 1 tiles
+        assert metrics.equinorm(view) == pytest.approx(np.std(norms, ddof=1) / norms.mean(), rel=REL)
+        assert metrics.equiangular(view) == pytest.approx(np.std(cos, ddof=1), rel=REL)
+        assert metrics.maxangle(view) == pytest.approx(np.mean(np.abs(np.array(cos) + 1 / (C - 1))), rel=REL)
+        assert metrics.etf_distance(view) == pytest.approx(np.linalg.norm(G / np.linalg.norm(G) - target), rel=REL)
 
 
 @pytest.mark.parametrize("C", [2, 3, 7])
 def test_simplex_etf_is_collapsed(rng, C):
     V = 2.5 * _simplex(C, C + 3, rng)
-    gram = metrics.Gram.of(V)
-    assert metrics.equinorm(gram) == pytest.approx(0.0, abs=1e-12)
-    assert metrics.maxangle(gram) == pytest.approx(0.0, abs=1e-12)
-    assert metrics.etf_distance(gram.G) == pytest.approx(0.0, abs=1e-12)
-    if C == 2:
-        assert metrics.equiangular(gram) is None  # one pair: no spread
-    else:
-        assert metrics.equiangular(gram) == pytest.approx(0.0, abs=1e-12)
+    for view in (metrics.Gram.of(V), PairSweep(tile=2)(V)):
+        assert metrics.equinorm(view) == pytest.approx(0.0, abs=1e-12)
+        assert metrics.maxangle(view) == pytest.approx(0.0, abs=1e-12)
+        assert metrics.etf_distance(view) == pytest.approx(0.0, abs=1e-7)  # closed form: √(2 − 2x) near x = 1
+        if C == 2:
+            assert metrics.equiangular(view) is None  # one pair: no spread
+        else:
+            assert metrics.equiangular(view) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.etf_distance(metrics.Gram.of(V)) == pytest.approx(0.0, abs=1e-12)
     W = 0.3 * V  # classifier rows parallel to the centred means: self-dual
     assert metrics.self_duality(W, V) == pytest.approx(0.0, abs=1e-12)
     assert metrics.wh_etf_distance(W, V) == pytest.approx(0.0, abs=1e-12)
@@ -144,6 +150,9 @@ def test_nc3_against_definition(rng):
     WM = W @ M.T
     target = (np.eye(C) - np.ones((C, C)) / C) / math.sqrt(C - 1)
     assert metrics.wh_etf_distance(W, M) == pytest.approx(np.linalg.norm(WM / np.linalg.norm(WM) - target), rel=REL)
+    assert metrics.wh_etf_distance(W, M, dense=False) == pytest.approx(
+        np.linalg.norm(WM / np.linalg.norm(WM) - target), rel=REL
+    )
     assert metrics.self_duality(np.zeros((C, p)), M) is None
 
 

@@ -17,9 +17,9 @@ from ncli.features import write_features
 from ncli.measure.engine import NumpyBackend
 
 try:
-    from reference import assert_record_matches, reference_record
+    from reference import assert_record_matches, close, reference_record
 except ImportError:  # tests/ imported as a package
-    from tests.reference import assert_record_matches, reference_record
+    from tests.reference import assert_record_matches, close, reference_record
 
 measure = pytest.importorskip("ncli.measure.record")
 
@@ -176,3 +176,63 @@ def test_collapsed_class_sigma2_exact(tmp_path, chunk_rows, kernel_backend, nc1_
     for k in ("nc1", "nc1_trace_ratio", "cdnv"):
         got, want = rec["metrics"][k], ref["metrics"][k]
         assert abs(got - want) <= 1e-9 * abs(want), (k, got, want, abs(got - want) / abs(want))
+
+
+# ---------------------------------------------------------------------------------------
+# class permutation and scaling (the later measures included; tiled pair sweeps too)
+# ---------------------------------------------------------------------------------------
+
+
+@PROP
+@given(d=datasets(), perm_seed=st.integers(0, 2**32 - 1), tile=st.sampled_from([2, 3, 1024]))
+def test_invariant_to_class_permutation(tmp_path_factory, d, perm_seed, tile):
+    """Renaming the classes (labels, classifier rows and biases alike) changes no metric and no
+    decision; the per-class rows follow their classes. ``tile`` < C runs the tiled sweeps."""
+    tmp = tmp_path_factory.mktemp("classperm")
+    base = _measure(_write(tmp, "a.h5", d), d)
+    perm = np.random.default_rng(perm_seed).permutation(d["C"])  # class c is called perm[c]
+    relabelled = {k: (H, perm[y]) for k, (H, y) in d["splits"].items()}
+    W = b = None
+    if d["W"] is not None:
+        W = np.empty_like(d["W"])
+        W[perm] = d["W"]
+        if d["b"] is not None:
+            b = np.empty_like(d["b"])
+            b[perm] = d["b"]
+    rec = _measure(_write(tmp, "b.h5", d, splits=relabelled, W=W, b=b), d, backend=NumpyBackend(pair_tile=tile))
+    for key, value in base["metrics"].items():
+        assert close(rec["metrics"][key], value), (key, rec["metrics"][key], value)
+    assert rec["splits"] == base["splits"]
+    for c, row in enumerate(base["per_class"]):
+        moved = rec["per_class"][perm[c]]
+        for key in ("num_samples", "sigma2", "mean_dist", "classifier_norm", "cos_classifier_mean"):
+            assert close(moved[key], row[key]), (c, key, moved[key], row[key])
+        assert moved["ncc_disagreement"] == row["ncc_disagreement"]
+
+
+@PROP
+@given(
+    d=datasets(), scale=st.floats(1e-3, 1e3), w_scale=st.floats(1e-3, 1e3), q_seed=st.integers(0, 2**32 - 1),
+    tile=st.sampled_from([2, 1024]),
+)
+def test_invariant_to_scaling_and_rotation_with_an_ood_split(tmp_path_factory, d, scale, w_scale, q_seed, tile):
+    """H -> s H Q (the OOD split too), W -> t W Q, b -> s t b: logits scale by s t, so every
+    decision stays; every metric is scale-free except bias_collapse, which scales by s t. NC5
+    (uncentred cosines with the OOD mean) is rotation- and scale-invariant as well."""
+    tmp = tmp_path_factory.mktemp("scale")
+    rng = np.random.default_rng(q_seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(d["p"], d["p"])))
+    ood = rng.normal(size=(7, d["p"])) + 3.0
+    with_ood = {**d["splits"], "ood": (ood, np.zeros(7, dtype=np.int64))}
+    base = _measure(_write(tmp, "a.h5", d, splits=with_ood), d, ood="ood")
+    scaled = {k: (scale * H @ Q, y) for k, (H, y) in with_ood.items()}
+    W = None if d["W"] is None else w_scale * d["W"] @ Q
+    b = None if d["b"] is None else scale * w_scale * d["b"]
+    rec = _measure(
+        _write(tmp, "b.h5", d, splits=scaled, W=W, b=b), d, ood="ood", backend=NumpyBackend(pair_tile=tile)
+    )
+    assert rec["metrics"]["nc5_orthodev"] is not None
+    for key, value in base["metrics"].items():
+        want = value * scale * w_scale if key == "bias_collapse" and value is not None else value
+        assert close(rec["metrics"][key], want, rtol=1e-8), (key, rec["metrics"][key], want)
+    assert rec["splits"] == base["splits"]

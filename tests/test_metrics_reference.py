@@ -186,9 +186,16 @@ def test_nc1_rank_collinear_means(tmp_path):
     write_features(path, {"train": {"features": H, "labels": y}}, num_classes=C, weight=W)
     ref = reference_record(H, y, C, W, None)
     assert ref["metrics"]["nc1_rank"] == 1
+    # Collinear means share two directions: GNC2's log inverse distance of unit means is
+    # infinite for classes 0 and 1 (both along −v): null, and a note names them
     rec = measure.measure_file(str(path), chunk_rows=3, per_class=True)
     assert rec["metrics"]["nc1_rank"] == 1
     assert_record_matches(rec, ref, per_class=True)
+    assert rec["metrics"]["gnc2_log_mean"] is None and rec["metrics"]["gnc2_log_var"] is None
+    assert rec["notes"] == [
+        "gnc2_log_mean and gnc2_log_var are null: class 0 and class 1 have the same direction of μ_c − μ_G "
+        "(their log inverse distance is infinite)"
+    ]
 
 
 @pytest.mark.parametrize("gap", [1e-2, 1e-3])

@@ -50,6 +50,13 @@ def compare(
     ),
     chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1, help="Rows read per chunk when measuring feature files."),
     allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
+    min_per_class: Optional[int] = typer.Option(
+        None, "--min-per-class", min=1, metavar="K",
+        help="For feature files: measure only the classes with at least K train samples.",
+    ),
+    ood: Optional[str] = typer.Option(
+        None, "--ood", metavar="SPLIT", help="For feature files: the out-of-distribution split (NC5)."
+    ),
 ) -> None:
     """Compare runs: metric trends across checkpoints, as a table, JSON, CSV or the paper's figure.
 
@@ -82,11 +89,14 @@ def compare(
         require_matplotlib()  # fail before measuring anything
 
     opts = LoadOptions(
-        split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value, chunk_rows=chunk_rows,
-        allow_external=allow_external,
+        split=split, global_mean=global_mean.value if global_mean is not None else None, by=by.value,
+        chunk_rows=chunk_rows, min_per_class=min_per_class, ood=ood, allow_external=allow_external,
     )
     runs = order_runs(load_runs(inputs, opts), order.value)
     _note_mixed(runs)
+    for run in runs:
+        for text in run.record.get("notes", ()):
+            note(f"{run.record['file']}: {text}")
 
     if by is By.layer:
         groups = group_by_file(runs, order.value)
@@ -139,7 +149,7 @@ def _group_label(group) -> str:
 
 def _note_mixed(runs) -> None:
     """Runs measured differently are still compared, with a note on stderr."""
-    for key in ("global_mean", "train_split"):
+    for key in ("global_mean", "train_split", "min_per_class"):
         seen = sorted({str(r.record.get(key)) for r in runs if r.record.get(key) is not None})
         if len(seen) > 1:
             note(f"the runs differ in {key} ({', '.join(seen)})")

@@ -10,7 +10,7 @@ import typer
 
 from ncli.cli.app import command
 from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
-from ncli.console import warn
+from ncli.console import note, warn
 from ncli.errors import NcliError
 
 
@@ -51,12 +51,22 @@ def measure(
         "Without CUDA, a warning and the CPU.",
     ),
     allow_external: bool = typer.Option(False, "--allow-external", help=ALLOW_EXTERNAL_HELP),
+    min_per_class: Optional[int] = typer.Option(
+        None, "--min-per-class", min=1, metavar="K",
+        help="Measure only the classes with at least K train samples (vocabulary-sized C); the others, "
+        "and their samples in every split, are left out. Without it a class without train samples is an error.",
+    ),
+    ood: Optional[str] = typer.Option(
+        None, "--ood", metavar="SPLIT",
+        help="An out-of-distribution split (labels ignored, not evaluated): NC5's ID/OOD orthogonality.",
+    ),
 ) -> None:
-    """Compute the Neural Collapse metrics (NC1-NC4) of feature files.
+    """Compute the Neural Collapse metrics (NC1-NC4; GNC2, UNC3, NC5) of feature files.
 
     Class statistics come from the train split (--split); every split in the file is evaluated
-    against them (accuracy, NCC accuracy, NCC disagreement). Streams over the file in chunks
-    with float64 accumulators, so memory does not grow with the number of samples.
+    against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split.
+    Streams over the file in chunks with float64 accumulators, so memory does not grow with
+    the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
 
     Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
     """
@@ -87,7 +97,11 @@ def measure(
                 chunk_rows=chunk_rows,
                 backend=backend,
                 allow_external=allow_external,
+                min_per_class=min_per_class,
+                ood=ood,
             )
+            for text in rec.get("notes", ()):
+                note(f"{rec['file']}: {text}")
             if json_out:
                 sys.stdout.write(record_json(rec) + "\n")
                 sys.stdout.flush()

@@ -45,6 +45,8 @@ class LoadOptions:
     by: str = "run"  # "run" | "layer"
     chunk_rows: int | None = None
     allow_external: bool = False  # feature files: read what HDF5 keeps in other files
+    min_per_class: int | None = None  # for HDF5 inputs; records must have been measured with it
+    ood: str | None = None  # likewise
 
 
 def parse_records(text: str, source: str) -> list[dict]:
@@ -116,7 +118,8 @@ def _measure(path: str, opts: LoadOptions) -> list[dict]:
         layers = [*record.list_layers(path, split, allow_external=opts.allow_external), None]
     return [
         record.measure_file(
-            path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows, allow_external=opts.allow_external
+            path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows,
+            min_per_class=opts.min_per_class, ood=opts.ood, allow_external=opts.allow_external,
         )
         for layer in layers
     ]
@@ -169,7 +172,8 @@ def read_input(source: str, opts: LoadOptions, stdin: IO | None = None) -> list[
 
 
 def _check_options(records: list[dict], source: str, opts: LoadOptions) -> None:
-    """--split / --global-mean asked explicitly must match how given records were measured."""
+    """--split / --global-mean / --min-per-class / --ood asked explicitly must match how given
+    records were measured."""
     for rec in records:
         if opts.split is not None and rec.get("train_split", "train") != opts.split:
             raise UsageError(
@@ -180,6 +184,17 @@ def _check_options(records: list[dict], source: str, opts: LoadOptions) -> None:
             raise UsageError(
                 f"{source}: record of {rec['file']} was measured with --global-mean {rec.get('global_mean')}, "
                 f"not {opts.global_mean}; measure again or drop --global-mean"
+            )
+        if opts.min_per_class is not None and rec.get("min_per_class") != opts.min_per_class:
+            raise UsageError(
+                f"{source}: record of {rec['file']} was measured with --min-per-class {rec.get('min_per_class')}, "
+                f"not {opts.min_per_class}; measure again or drop --min-per-class"
+            )
+        ood = (rec.get("ood") or {}).get("split")
+        if opts.ood is not None and ood != opts.ood:
+            raise UsageError(
+                f"{source}: record of {rec['file']} was measured with --ood {ood}, not {opts.ood}; "
+                "measure again or drop --ood"
             )
 
 

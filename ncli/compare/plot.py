@@ -6,8 +6,10 @@ with the Agg canvas (no pyplot, no global state, no display needed); :func:`buil
 returns the figure so that callers and tests can inspect it, :func:`save_figure` writes it.
 
 Panels against epoch (Papyan, Han & Donoho, PNAS 2020): train/test accuracy; NC1 (Fig. 6,
-log scale); equinorm (Fig. 2); equiangularity (Fig. 3); max-angle (Fig. 4); self-duality
-(Fig. 5); NCC disagreement (Fig. 7). The panels and what each draws are declared in the
+log scale); equinorm (Fig. 2); equiangularity (Fig. 3); max-angle (Fig. 4); GNC2's
+hyperspherical uniformity (Liu et al. 2023; Wu & Papyan 2024), beside the NC2 panels, which
+say so when C > p + 1 (no simplex ETF exists); self-duality (Fig. 5); NCC disagreement
+(Fig. 7). The panels and what each draws are declared in the
 metric registry (:mod:`ncli.measure.registry`). Class means are always drawn in one colour and
 classifiers in another, the same in every panel; splits differ by line style.
 """
@@ -173,17 +175,20 @@ def build_figure(records: list[dict]):
     """
     if not records:
         raise ValueError("build_figure needs at least one record")
-    fig, axes = _new_figure(2, 4, (16, 7.5))
-    fig.delaxes(axes[-1])  # 7 panels; the 8th slot holds the legend
+    fig, axes = _new_figure(3, 3, (14, 11))
+    fig.delaxes(axes[-1])  # 8 panels; the 9th slot holds the legend
     axes = axes[: len(EPOCH_PANELS)]
     xs, xlabel, scale = x_axis(records)
     splits = _splits(records)
+    no_simplex = _no_simplex(records)
     for ax, panel in zip(axes, EPOCH_PANELS):
         drawn = _draw(ax, panel, "epoch_panel", xs, records, splits)
         if panel.fraction and drawn:
             ax.set_ylim(-0.02, 1.02)
         if not drawn:
             _not_available(ax, panel.unavailable)
+        if panel.simplex and no_simplex:
+            ax.text(0.5, 0.97, no_simplex, transform=ax.transAxes, ha="center", va="top", color="0.35", fontsize=8)
         if panel.log:
             ax.set_yscale("log")
         ax.set_ylabel(panel.ylabel)
@@ -202,13 +207,38 @@ def build_figure(records: list[dict]):
     handles += [
         Line2D([], [], color=NEUTRAL_COLOR, linestyle=_split_style(s, splits), label=f"{_text(s)} split") for s in splits
     ]
-    fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.97, 0.12), frameon=False, fontsize=10)
+    fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.95, 0.1), frameon=False, fontsize=10)
     fig.suptitle(
         f"Neural Collapse over {len(records)} run{'s' if len(records) != 1 else ''} "
-        "(Papyan, Han & Donoho, PNAS 2020)",
+        f"(Papyan, Han & Donoho, PNAS 2020){_classes_note(records)}",
         fontsize=12,
     )
     return fig
+
+
+def _measured(rec: dict) -> int | None:
+    return rec.get("classes_measured", rec.get("num_classes"))
+
+
+def _no_simplex(records: list[dict]) -> str | None:
+    """What the NC2 panels say when a run has more classes than a simplex ETF can hold in its
+    feature space (C > p + 1): their target does not exist (GNC2 is meaningful there)."""
+    over = [r for r in records if _measured(r) and r.get("feature_dim") and _measured(r) > r["feature_dim"] + 1]
+    if not over:
+        return None
+    rec = max(over, key=_measured)
+    return f"no simplex ETF exists at C = {_measured(rec):,} > p + 1 = {rec['feature_dim'] + 1}"
+
+
+def _classes_note(records: list[dict]) -> str:
+    """", C' of C classes measured" when --min-per-class left classes out of some run."""
+    fewer = [r for r in records if _measured(r) != r.get("num_classes")]
+    if not fewer:
+        return ""
+    low, high = min(_measured(r) for r in fewer), max(_measured(r) for r in fewer)
+    counts = f"{low:,}" if low == high else f"{low:,}–{high:,}"
+    totals = sorted({r.get("num_classes") for r in fewer})
+    return f"\n{counts} of {', '.join(f'{t:,}' for t in totals)} classes measured"
 
 
 def build_layer_figure(groups: list[tuple[str, list[dict]]]):

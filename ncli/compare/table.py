@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+CLASSES_MEASURED = "classes_measured"  # a row of its own when some run measured fewer than its C classes
 
 
 def split_names(records: list[dict]) -> list[str]:
@@ -50,6 +51,8 @@ def row_keys(records: list[dict], by: str = "run") -> list[tuple[str, str | None
             if k not in seen:
                 seen.append(k)
     rows = [(k, None, k) for k in seen]
+    if any(r.get("classes_measured", r.get("num_classes")) != r.get("num_classes") for r in records):
+        rows.insert(0, (CLASSES_MEASURED, None, CLASSES_MEASURED))  # --min-per-class left classes out
     for s in split_names(records):
         for k in SPLIT_ROW_KEYS:
             rows.append((f"{s} {k}", s, k))
@@ -57,6 +60,8 @@ def row_keys(records: list[dict], by: str = "run") -> list[tuple[str, str | None
 
 
 def value_of(rec: dict, split: str | None, key: str):
+    if key == CLASSES_MEASURED:
+        return rec.get(key, rec.get("num_classes"))
     if split is None:
         return rec["metrics"].get(key)
     return rec["splits"].get(split, {}).get(key)

@@ -2,12 +2,15 @@
 
   registry    every metric and per-split number, declared once (keys, captions, figure panels)
   metrics     pure math on sufficient statistics (numpy only): one function per metric
+  pairs       statistics over pairs of classes: dense Gram while C fits one tile, a tiled
+              sweep above (vocabulary-sized C, memory O(C·p + tile²)); closed-form ETF distances
   statistics  the streamed statistics as accumulators (ClassStatistics, SplitStatistics, merge)
-              and the Model built between the two passes (means, μ_G, basis, W, b)
+              and the Model built between the two passes (means, μ_G, basis, W, b; the classes
+              measured, --min-per-class)
   blocks      fixed, aligned blocks from a file or arrays; the ordered multi-threaded map
   engine      the numpy backend (per-block passes on CPU threads); engine_torch the torch one
   kernels     the per-block kernels: compiled (_kernels.c, built by setup.py) or numpy
-  decisions   the tie rule: fast scores, exact re-decision in float64
+  decisions   the tie rule: fast scores, exact re-decision in float64 among the candidates
   record      measure_file (the file driver), the measure record and its validator
   render      JSON lines and rich tables of records
   accumulator ncli.Accumulator: the two passes fed batch by batch (numpy arrays, torch tensors)

@@ -206,6 +206,272 @@ NCLI_EXPORT NCLI_CLONES void ncli_ncc_coords(const double *Z, int64_t n, int64_t
     }
 }
 
+/* ---- pair statistics (tiled sweep over the pairs c < c' of C vectors, see pairs.py) ---- */
+
+/* Partial sums, in this order, of one tile of a Gram matrix (indices into acc[]). */
+enum {
+    NCLI_PAIR_ABS,      /* sum |cos + offset|                               (max-angle)        */
+    NCLI_PAIR_COS1,     /* sum (cos - cos_shift)                            (equiangularity)   */
+    NCLI_PAIR_COS2,     /* sum (cos - cos_shift)^2                                             */
+    NCLI_PAIR_CDNV,     /* sum (s2_a + s2_b) / (2 d2) over pairs with d2 > 0 (CDNV)            */
+    NCLI_PAIR_CDNV0,    /* number of pairs with d2 <= 0 (CDNV undefined)                       */
+    NCLI_PAIR_K1,       /* sum (k - k_shift), k = -log(u2)/2 over pairs with u2 > 0 (GNC2)     */
+    NCLI_PAIR_K2,       /* sum (k - k_shift)^2                                                 */
+    NCLI_PAIR_COUNT,    /* number of pairs seen                                                */
+    NCLI_PAIR_SUMS
+};
+
+static double ncli_sq_dist(const double *a, const double *b, int64_t p) {
+    double s = 0.0;
+    for (int64_t t = 0; t < p; t++) {
+        double d = a[t] - b[t];
+        s += d * d;
+    }
+    return s;
+}
+
+/* Natural logarithm of x > 0 (finite, normal), NaN for NaN, in plain arithmetic that the
+ * compiler vectorises (libm's log is a call per element): x = 2^e m with m in [sqrt(1/2),
+ * sqrt(2)), log m = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = (m - 1)/(m + 1),
+ * |s| <= 0.1716, the series to s^24 (truncation < 1e-19); e ln 2 with ln 2 split in two so
+ * that e * LN2_HI is exact. Error: a few units in the last place. */
+static inline double ncli_log(double x) {
+    const double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
+    int64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int64_t mbits = (bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000);
+    int64_t ebits = ((bits >> 52) & 0x7ff) | INT64_C(0x4330000000000000); /* 2^52 + biased exponent */
+    double m, e;
+    memcpy(&m, &mbits, sizeof m);
+    memcpy(&e, &ebits, sizeof e);
+    e = e - 4503599627370496.0 - 1023.0;
+    int big = m > 1.4142135623730951;
+    m = big ? 0.5 * m : m;
+    e = big ? e + 1.0 : e;
+    double s = (m - 1.0) / (m + 1.0), z = s * s;
+    double series = 1.0 / 25.0;
+    series = 1.0 / 23.0 + z * series;
+    series = 1.0 / 21.0 + z * series;
+    series = 1.0 / 19.0 + z * series;
+    series = 1.0 / 17.0 + z * series;
+    series = 1.0 / 15.0 + z * series;
+    series = 1.0 / 13.0 + z * series;
+    series = 1.0 / 11.0 + z * series;
+    series = 1.0 / 9.0 + z * series;
+    series = 1.0 / 7.0 + z * series;
+    series = 1.0 / 5.0 + z * series;
+    series = 1.0 / 3.0 + z * series;
+    double log_m = 2.0 * s + 2.0 * s * (z * series);
+    return e * LN2_HI + (e * LN2_LO + log_m) + (x - x); /* + (x - x): NaN stays NaN */
+}
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* the helpers below are always inlined: no vector passes a call */
+/* The same in GCC vector extensions, eight at a time (each clone lowers them to its
+ * instruction set): the same operations in the same order, so lane for lane the same bits. */
+typedef double ncli_vd8 __attribute__((vector_size(64)));
+typedef int64_t ncli_vl8 __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) ncli_vd8 ncli_seld(ncli_vl8 mask, ncli_vd8 a, ncli_vd8 b) {
+    return (ncli_vd8)(((ncli_vl8)a & mask) | ((ncli_vl8)b & ~mask));
+}
+
+static inline __attribute__((always_inline)) ncli_vd8 ncli_loadd(const double *p) {
+    ncli_vd8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) ncli_vd8 ncli_log8(ncli_vd8 x) {
+    const double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
+    const ncli_vd8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    ncli_vl8 bits = (ncli_vl8)x;
+    ncli_vl8 mbits = (bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000);
+    ncli_vl8 ebits = ((bits >> 52) & 0x7ff) | INT64_C(0x4330000000000000);
+    ncli_vd8 m = (ncli_vd8)mbits, e = (ncli_vd8)ebits;
+    e = e - 4503599627370496.0 - 1023.0;
+    ncli_vl8 big = m > 1.4142135623730951;
+    m = ncli_seld(big, 0.5 * m, m);
+    e = ncli_seld(big, e + 1.0, e);
+    ncli_vd8 s = (m - 1.0) / (m + 1.0), z = s * s;
+    ncli_vd8 series = zero + 1.0 / 25.0;
+    series = 1.0 / 23.0 + z * series;
+    series = 1.0 / 21.0 + z * series;
+    series = 1.0 / 19.0 + z * series;
+    series = 1.0 / 17.0 + z * series;
+    series = 1.0 / 15.0 + z * series;
+    series = 1.0 / 13.0 + z * series;
+    series = 1.0 / 11.0 + z * series;
+    series = 1.0 / 9.0 + z * series;
+    series = 1.0 / 7.0 + z * series;
+    series = 1.0 / 5.0 + z * series;
+    series = 1.0 / 3.0 + z * series;
+    ncli_vd8 log_m = 2.0 * s + 2.0 * s * (z * series);
+    return e * LN2_HI + (e * LN2_LO + log_m) + (x - x);
+}
+#endif
+
+static inline double ncli_sum8(const double *a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); }
+
+/* Pairs (a, b) = (r0 + i, c0 + j) with a < b of the tile G (rows x cols, row-major, ld cols),
+ * G[i, j] = <x_a, x_b> for C vectors x (norm: (C,) their norms). With cos = G / (norm_a norm_b)
+ * every pair adds to acc[NCLI_PAIR_ABS..COS2]; when s2 is not NULL (CDNV; x = centred means)
+ * d2 = sq_a + sq_b - 2 G (sq = norm^2), recomputed as ||pts_a - pts_b||^2 from the rows of pts
+ * (C x p, the class means) where d2 < 1e-3 (sq_a + sq_b) (the expansion cancels there); when
+ * unit is not NULL (GNC2; unit = (C x p) rows x_c / ||x_c||) u2 = 2 - 2 cos, recomputed as
+ * ||unit_a - unit_b||^2 where u2 < 2e-3, and k = -log(u2)/2. The first pair (row-major) with
+ * u2 <= zero_u2 (identical directions, up to rounding) is written to zero_pair[0..1]; such
+ * pairs add nothing. Per row, eight interleaved partial sums per quantity (added in a fixed
+ * tree), then the pairs recomputed directly; rows are added to acc in order. scratch: cols
+ * doubles. */
+NCLI_EXPORT NCLI_CLONES void ncli_pair_tile(const double *G, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
+                                            const double *norm, double offset, double cos_shift, const double *s2,
+                                            const double *pts, const double *unit, int64_t p, double k_shift,
+                                            double zero_u2, double *scratch, double *acc, int64_t *zero_pair) {
+    for (int64_t i = 0; i < rows; i++) {
+        int64_t a = r0 + i;
+        int64_t j0 = a + 1 - c0; /* first column with b > a */
+        if (j0 < 0) j0 = 0;
+        if (j0 >= cols) continue;
+        int64_t n = cols - j0, t, l;
+        const double *g = G + i * cols + j0, *nb = norm + c0 + j0;
+        double *cs = scratch;
+        double na = norm[a];
+        double l_abs[8] = {0}, l_c1[8] = {0}, l_c2[8] = {0};
+        for (t = 0; t + 8 <= n; t += 8) {
+            for (l = 0; l < 8; l++) {
+                double c = g[t + l] / (na * nb[t + l]);
+                cs[t + l] = c;
+                l_abs[l] += fabs(c + offset);
+                double dc = c - cos_shift;
+                l_c1[l] += dc;
+                l_c2[l] += dc * dc;
+            }
+        }
+        for (l = 0; t < n; t++, l++) {
+            double c = g[t] / (na * nb[t]);
+            cs[t] = c;
+            l_abs[l] += fabs(c + offset);
+            double dc = c - cos_shift;
+            l_c1[l] += dc;
+            l_c2[l] += dc * dc;
+        }
+        acc[NCLI_PAIR_ABS] += ncli_sum8(l_abs);
+        acc[NCLI_PAIR_COS1] += ncli_sum8(l_c1);
+        acc[NCLI_PAIR_COS2] += ncli_sum8(l_c2);
+        acc[NCLI_PAIR_COUNT] += (double)n;
+        if (s2 != NULL) {
+            const double *s2b = s2 + c0 + j0;
+            double sqa = na * na, s2a = s2[a];
+            double l_cd[8] = {0}, l_zero[8] = {0}, l_close[8] = {0};
+#define NCLI_CDNV_TERM(T, L)                                                                     \
+    do {                                                                                         \
+        double sqb = nb[T] * nb[T];                                                              \
+        double d2 = sqa + sqb - 2.0 * g[T];                                                      \
+        int close = d2 < 1e-3 * (sqa + sqb), positive = d2 > 0.0; /* no && or ||: they branch */ \
+        int use = (close ^ 1) & positive, zero = (close ^ 1) & (positive ^ 1);                   \
+        double term = (s2a + s2b[T]) / (2.0 * (use ? d2 : 1.0));                                 \
+        l_cd[L] += use ? term : 0.0;                                                             \
+        l_zero[L] += zero ? 1.0 : 0.0;                                                           \
+        l_close[L] += close ? 1.0 : 0.0;                                                         \
+    } while (0)
+            t = 0;
+#if defined(__GNUC__)
+            {
+                ncli_vd8 v_cd = {0}, v_zero = {0}, v_close = {0}, zeros = {0}, ones = zeros + 1.0;
+                for (; t + 8 <= n; t += 8) {
+                    ncli_vd8 nbv = ncli_loadd(nb + t), sqb = nbv * nbv;
+                    ncli_vd8 d2 = sqa + sqb - 2.0 * ncli_loadd(g + t);
+                    ncli_vl8 close = d2 < 1e-3 * (sqa + sqb), positive = d2 > 0.0;
+                    ncli_vl8 use = ~close & positive, zero = ~close & ~positive;
+                    ncli_vd8 term = (s2a + ncli_loadd(s2b + t)) / (2.0 * ncli_seld(use, d2, ones));
+                    v_cd += ncli_seld(use, term, zeros);
+                    v_zero += ncli_seld(zero, ones, zeros);
+                    v_close += ncli_seld(close, ones, zeros);
+                }
+                memcpy(l_cd, &v_cd, sizeof l_cd);
+                memcpy(l_zero, &v_zero, sizeof l_zero);
+                memcpy(l_close, &v_close, sizeof l_close);
+            }
+#else
+            for (; t + 8 <= n; t += 8)
+                for (l = 0; l < 8; l++) NCLI_CDNV_TERM(t + l, l);
+#endif
+            for (l = 0; t < n; t++, l++) NCLI_CDNV_TERM(t, l);
+#undef NCLI_CDNV_TERM
+            double cd = ncli_sum8(l_cd), zero = ncli_sum8(l_zero);
+            if (ncli_sum8(l_close) > 0.0) {
+                for (t = 0; t < n; t++) {
+                    double sqb = nb[t] * nb[t];
+                    if (!(sqa + sqb - 2.0 * g[t] < 1e-3 * (sqa + sqb))) continue;
+                    double d2 = ncli_sq_dist(pts + a * p, pts + (c0 + j0 + t) * p, p);
+                    if (d2 > 0.0) {
+                        cd += (s2a + s2b[t]) / (2.0 * d2);
+                    } else {
+                        zero += 1.0;
+                    }
+                }
+            }
+            acc[NCLI_PAIR_CDNV] += cd;
+            acc[NCLI_PAIR_CDNV0] += zero;
+        }
+        if (unit != NULL) {
+            double l_k1[8] = {0}, l_k2[8] = {0}, l_close[8] = {0};
+#define NCLI_GNC2_TERM(T, L)                                                                     \
+    do {                                                                                         \
+        double u2 = 2.0 - 2.0 * cs[T];                                                           \
+        int close = u2 < 2e-3;                                                                   \
+        double dk = -0.5 * ncli_log(close ? 1.0 : u2) - k_shift;                                 \
+        l_k1[L] += close ? 0.0 : dk;                                                             \
+        l_k2[L] += close ? 0.0 : dk * dk;                                                        \
+        l_close[L] += close ? 1.0 : 0.0;                                                         \
+    } while (0)
+            t = 0;
+#if defined(__GNUC__)
+            {
+                ncli_vd8 v_k1 = {0}, v_k2 = {0}, v_close = {0}, zeros = {0}, ones = zeros + 1.0;
+                for (; t + 8 <= n; t += 8) {
+                    ncli_vd8 u2 = 2.0 - 2.0 * ncli_loadd(cs + t);
+                    ncli_vl8 close = u2 < 2e-3;
+                    ncli_vd8 dk = -0.5 * ncli_log8(ncli_seld(close, ones, u2)) - k_shift;
+                    v_k1 += ncli_seld(close, zeros, dk);
+                    v_k2 += ncli_seld(close, zeros, dk * dk);
+                    v_close += ncli_seld(close, ones, zeros);
+                }
+                memcpy(l_k1, &v_k1, sizeof l_k1);
+                memcpy(l_k2, &v_k2, sizeof l_k2);
+                memcpy(l_close, &v_close, sizeof l_close);
+            }
+#else
+            for (; t + 8 <= n; t += 8)
+                for (l = 0; l < 8; l++) NCLI_GNC2_TERM(t + l, l);
+#endif
+            for (l = 0; t < n; t++, l++) NCLI_GNC2_TERM(t, l);
+#undef NCLI_GNC2_TERM
+            double k1 = ncli_sum8(l_k1), k2 = ncli_sum8(l_k2);
+            if (ncli_sum8(l_close) > 0.0) {
+                for (t = 0; t < n; t++) {
+                    if (!(2.0 - 2.0 * cs[t] < 2e-3)) continue;
+                    int64_t b = c0 + j0 + t;
+                    double u2 = ncli_sq_dist(unit + a * p, unit + b * p, p);
+                    if (u2 <= zero_u2) {
+                        if (zero_pair[0] < 0) {
+                            zero_pair[0] = a;
+                            zero_pair[1] = b;
+                        }
+                        continue;
+                    }
+                    double dk = -0.5 * ncli_log(u2) - k_shift;
+                    k1 += dk;
+                    k2 += dk * dk;
+                }
+            }
+            acc[NCLI_PAIR_K1] += k1;
+            acc[NCLI_PAIR_K2] += k2;
+        }
+    }
+}
+
 /* ---- module stub --------------------------------------------------------------------------- */
 
 static struct PyModuleDef kernels_module = {

@@ -19,16 +19,18 @@ from ncli.features.reader import Chunk, FeatureFile
 
 BLOCK_ROWS = 2048  # most rows per computational block (blocks fix the float64 summation order)
 BLOCK_BYTES = 16 << 20  # a block's widest float64 work array stays about this size
+MIN_BLOCK_ROWS = 128  # fewer rows make the float32 GEMMs slower per row (64: +20 % at C = 50k)
 
 
 def block_rows(p: int, num_classes: int) -> int:
-    """Rows per block for p features and C classes: ``BLOCK_ROWS``, halved (down to 256)
-    while a float64 (rows × max(p, 2C)) array exceeds ``BLOCK_BYTES``. It depends on the
-    shape only, so results stay reproducible; it keeps work arrays cache-sized and memory
-    flat for wide features and many classes."""
+    """Rows per block for p features and C classes: ``BLOCK_ROWS``, halved (down to
+    ``MIN_BLOCK_ROWS``) while a float64 (rows × max(p, 2C)) array exceeds ``BLOCK_BYTES``. It
+    depends on the shape only, so results stay reproducible; it keeps work arrays cache-sized
+    and memory flat for wide features and many classes (a vocabulary's C: two rows × C
+    float32 score arrays per worker thread)."""
     width = max(p, 2 * num_classes)
     rows = BLOCK_ROWS
-    while rows > 256 and rows * width * 8 > BLOCK_BYTES:
+    while rows > MIN_BLOCK_ROWS and rows * width * 8 > BLOCK_BYTES:
         rows //= 2
     return rows
 
@@ -63,6 +65,12 @@ def array_blocks(H: np.ndarray, y: np.ndarray, num_classes: int, start: int = 0)
         yield Chunk(start + off, np.ascontiguousarray(H[part]), y[part])
 
 
+def unlabelled(blocks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """The blocks with every label 0: a split read as one class (an OOD split's mean)."""
+    for block in blocks:
+        yield Chunk(block.start, block.features, np.zeros(block.labels.shape[0], dtype=np.int64))
+
+
 def ordered_map(fn, items, workers: int = 1):
     """Yield ``fn(item)`` for each item, in order, computed by ``workers`` threads.
 
@@ -89,9 +97,11 @@ def ordered_map(fn, items, workers: int = 1):
 
 
 class NonFiniteFeatures(InputError):
-    """A block holds a row with NaN or Inf; the caller adds where (file, split)."""
+    """A block holds a row with NaN or Inf; the caller adds where (file, split). ``positions``:
+    the rows' positions in the block when ``H`` holds only some of its rows."""
 
-    def __init__(self, start: int, H: np.ndarray):
+    def __init__(self, start: int, H: np.ndarray, positions: np.ndarray | None = None):
         bad = ~np.isfinite(H).all(axis=1)
-        self.row = start + int(np.argmax(bad)) if bad.any() else start
+        first = int(np.argmax(bad)) if bad.any() else 0
+        self.row = start + (first if positions is None else int(positions[first]))
         super().__init__(f"row {self.row}: features contain NaN or Inf")

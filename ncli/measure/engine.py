@@ -7,14 +7,17 @@ Pass 2 (every split): d = h − μ_y formed in float64 for every row, and
     Σ (dᵀU)² from one float64 GEMM Z = D·U per block, or, where cheaper (k near p), from the
     p × p scatter Σ DᵀD projected once at the end (:func:`cheaper_nc1_method`);
   - all splits: the NCC decision argmin ‖h − μ_c‖ and the network decision argmax(hWᵀ + b),
-    both scored in float32 (NCC from Z on the defining split when Z is computed, else from d:
-    no N × C × p work either way). Decisions that float32 rounding could change are recomputed
-    directly in float64 (:mod:`ncli.measure.decisions`), so every decision equals the spec's.
+    both scored in float32 (NCC from Z on the defining split when Z is computed, else from
+    e = h − μ_G: the N × C products, nothing C × C). Decisions that float32 rounding could
+    change are recomputed directly in float64 among the classes within the rounding bound
+    (:mod:`ncli.measure.decisions`), so every decision equals the spec's.
+With a class selection (``--min-per-class``), rows of the classes left out are dropped from
+every block first: they count in no split.
 Each block is processed whole by one worker thread with single-threaded BLAS, by the fused
 per-block kernels of :mod:`ncli.measure.kernels` (compiled C, or numpy); block results are
 added to the accumulators (:mod:`ncli.measure.statistics`) in block order, so results are
 bit-identical whatever the thread count (:mod:`ncli.measure.blocks`). Memory is
-O(block · p + C · p + C²), plus p² for the scatter, independent of N.
+O(block · (p + C) + C · p), plus p² for the scatter, independent of N.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ncli.features.reader import Chunk
 from ncli.measure import decisions
 from ncli.measure.blocks import NonFiniteFeatures, ordered_map
 from ncli.measure.kernels import default_kernels
+from ncli.measure.pairs import PAIR_TILE, PairSweep
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 NC1_METHODS = ("auto", "project", "scatter")
@@ -107,14 +111,18 @@ class NumpyBackend:
     (default :func:`resolve_threads`), each with single-threaded BLAS (concurrent
     multi-threaded BLAS calls thrash). ``kernels``: the compiled kernels or their numpy
     implementation (default :data:`ncli.measure.kernels.default_kernels`); ``nc1_method``: "auto"
-    (:func:`cheaper_nc1_method`), "project" or "scatter"."""
+    (:func:`cheaper_nc1_method`), "project" or "scatter". ``pair_sweep`` sweeps pairs of
+    classes on the same threads, in tiles of ``pair_tile`` classes."""
 
-    def __init__(self, *, threads: int | None = None, kernels=None, nc1_method: str = "auto"):
+    def __init__(
+        self, *, threads: int | None = None, kernels=None, nc1_method: str = "auto", pair_tile: int = PAIR_TILE
+    ):
         if nc1_method not in NC1_METHODS:
             raise ValueError(f"nc1_method must be one of {NC1_METHODS}, not {nc1_method!r}")
         self.threads = resolve_threads(threads)
         self.kernels = kernels if kernels is not None else default_kernels
         self.nc1_method = nc1_method
+        self.pair_sweep = PairSweep(tile=pair_tile, threads=self.threads, kernels=self.kernels)
 
     def class_sums(self, blocks: Iterable[Chunk], stats: ClassStatistics) -> None:
         """Pass 1: add every block's per-class counts and float64 sums to ``stats``."""
@@ -145,6 +153,8 @@ class NumpyBackend:
         with single_threaded_blas():  # also while the model's float32 tables are built (once per model)
             block_stats = _BlockEvaluator(model, method, self.kernels)
             for y, y_ncc, y_net, ss, part in ordered_map(block_stats, blocks, self.threads):
+                if y is None:
+                    continue  # no row of a measured class in this block
                 if stats.within:
                     if method == "scatter":
                         stats.add_within(ss, scatter=part)
@@ -156,29 +166,23 @@ class NumpyBackend:
 class _BlockEvaluator:
     """Pass 2 of one block (called on worker threads), with ``method``:
       "project": NC1's Σ (dᵀU)² from Z = D·U, NCC scored from Z;
-      "scatter": NC1's Σ DᵀD, NCC scored from the centred rows;
-      "direct":  no within-class sums (an evaluated split), NCC scored from the centred rows.
+      "scatter": NC1's Σ DᵀD, NCC scored from e = h − μ_G;
+      "direct":  no within-class sums (an evaluated split), NCC scored from e = h − μ_G.
+    Rows of classes left out of the model are dropped first (:meth:`Model.select`).
     Returns (labels, NCC decisions, network decisions or None, Σ‖d‖² per class or None,
-    Σ Z² (k,) / Σ DᵀD (p, p) / None)."""
+    Σ Z² (k,) / Σ DᵀD (p, p) / None), or Nones when no row is left."""
 
     def __init__(self, model: Model, method: str, kernels):
         self.model, self.method, self.kernels = model, method, kernels
         p, k = model.basis.U.shape
         max_sq = float(model.sq_norm_centred.max())
-        if method == "project":
-            # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G in U coordinates) in float32: error
-            # ≤ (2k + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² (rounding of e, m, the GEMM and the
-            # subtraction); ×4 margin (a difference of two scores, and 2× to spare).
-            self.ncc_rtol = 4.0 * (2 * k + 8) * U32
-            self.ncc_atol = 4.0 * 3 * U32 * max_sq
-        else:
-            # NCC scores from d = h − μ_y: 2⟨e, m_c⟩ − ‖m_c‖² = 2⟨d, m_c⟩ + t[y, c] with
-            # t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖² (float64, then rounded once). In float32 the error
-            # per score is ≤ (2p + 8) u ‖d‖ ‖m_c‖ (rounding of d, m and the p-term GEMM, doubled)
-            # + 9 u max‖m‖² (rounding of t, |t| ≤ 3 max‖m‖², and of the addition, with slack);
-            # ×4 margin as above.
-            self.ncc_rtol = 4.0 * (2 * p + 8) * U32
-            self.ncc_atol = 4.0 * 3 * U32 * 3.0 * max_sq
+        # NCC scores 2⟨e, m_c⟩ − ‖m_c‖² (e = h − μ_G, in U coordinates for "project", else in
+        # R^p) in float32: error ≤ (2q + 8) u ‖e‖ ‖m_c‖ + 3 u ‖m_c‖² with q = k or p (rounding
+        # of e, m, the q-term GEMM and the subtraction); ×4 margin (a difference of two scores,
+        # and 2× to spare).
+        terms = k if method == "project" else p
+        self.ncc_rtol = 4.0 * (2 * terms + 8) * U32
+        self.ncc_atol = 4.0 * 3 * U32 * max_sq
         if model.has_classifier:
             # Logits are formed in float32 (the network's own precision, twice the speed), then
             # every decision that float32 rounding could have changed is recomputed in float64:
@@ -192,29 +196,45 @@ class _BlockEvaluator:
         if method == "project":
             self.tables = (model.coords32, model.ncc_offsets32)
         else:
-            self.tables = (model.centred32, model.ncc_pair_offsets32)
+            self.tables = (model.centred32, model.ncc_offsets32)
+            self.mu_g_row, self.norm_mu_g = model.mu_g_row, model.norm_mu_g
         self.classifier = (model.W32, model.b32, model.max_norm_w) if model.has_classifier else None
+        model.label_map  # the class selection's table, before the worker threads use it
         self.buffers = _Buffers()
 
     def __call__(self, block: Chunk):
         model, method, kernels = self.model, self.method, self.kernels
+        block, positions = model.select(block)
         H, y = block.features, block.labels
         n = y.shape[0]
+        if n == 0:
+            return None, None, None, None, None
         p, k = model.basis.U.shape
-        # D = h − μ_y (float32 where only the NCC product uses it), rn = ‖h − μ_y‖² per row
-        D = self.buffers.get("D", (n, p), np.float32 if method == "direct" else np.float64)
-        rn = kernels.center_rows(H, y, model.means, D)
-        if not np.isfinite(rn).all():
-            raise NonFiniteFeatures(block.start, H)
+        if method == "direct":
+            # only the NCC product needs the rows, centred on μ_G (float32), and ‖h − μ_G‖²
+            E = self.buffers.get("E32", (n, p), np.float32)
+            en = kernels.center_rows(H, np.zeros(n, dtype=np.int64), self.mu_g_row, E)
+            if not np.isfinite(en).all():
+                raise NonFiniteFeatures(block.start, H, positions)
+            norm_h = np.sqrt(en) + self.norm_mu_g  # ≥ ‖h‖
+        else:
+            # D = h − μ_y in float64, rn = ‖h − μ_y‖² per row
+            D = self.buffers.get("D", (n, p))
+            rn = kernels.center_rows(H, y, model.means, D)
+            if not np.isfinite(rn).all():
+                raise NonFiniteFeatures(block.start, H, positions)
+            norm_h = np.sqrt(rn) + self.norm_means[y]  # ≥ ‖h‖
         y_net = None
         if self.classifier is not None:
             W32, b32, max_norm_w = self.classifier
             logits = H.astype(np.float32, copy=False) @ W32  # float32 (n, C), scratch
-            tol = 2.0 * self.logit_rtol * (np.sqrt(rn) + self.norm_means[y]) * max_norm_w + self.logit_atol
+            tol = 2.0 * self.logit_rtol * norm_h * max_norm_w + self.logit_atol
             y_net, near = kernels.decide(logits, 1.0, b32, tol)  # argmax(logits + b), rivals within tol
-            decisions.settle(y_net, near, lambda rows: decisions.logits(H[rows], model.W, model.b))
-        ss = np.bincount(y, weights=rn, minlength=model.num_classes) if method != "direct" else None
-        part = None
+            decisions.settle(y_net, near, logits, tol, lambda row, classes: decisions.logits(H[row], model.W, model.b, classes))
+            del logits
+        ss = part = None
+        if method != "direct":
+            ss = np.bincount(y, weights=rn, minlength=model.num_classes)
         # NCC: argmin_c ‖h − μ_c‖² = argmax_c 2 ⟨h − μ_G, m_c⟩ − ‖m_c‖², in float32, rivals
         # within the rounding bound re-decided exactly
         table, offsets = self.tables
@@ -223,19 +243,13 @@ class _BlockEvaluator:
             np.matmul(D, model.basis.U, out=Z)  # float64 coordinates of h − μ_y in span(M)
             part = np.zeros(k)
             # E = Z + coords[y]: h − μ_G in U coordinates (float32 copy, ‖E‖²); part = Σ Z²
-            E32, en = kernels.ncc_coords(Z, model.basis.coords, y, part)
-            score = E32 @ table
-            tol = self.ncc_rtol * np.sqrt(en) * self.max_norm_centred + self.ncc_atol
-            y_ncc, near = kernels.decide(score, 2.0, offsets, tol)
-        else:
-            if method == "scatter":
-                part = D.T @ D  # float64 (p, p), a symmetric rank-n update (syrk)
-                D32 = self.buffers.get("D32", (n, p), np.float32)
-                np.copyto(D32, D)
-            else:
-                D32 = D
-            score = D32 @ table
-            tol = self.ncc_rtol * np.sqrt(rn) * self.max_norm_centred + self.ncc_atol
-            y_ncc, near = kernels.decide(score, 2.0, offsets, tol, y)
-        decisions.settle(y_ncc, near, lambda rows: decisions.ncc_scores(H[rows], model.means))
+            E, en = kernels.ncc_coords(Z, model.basis.coords, y, part)
+        elif method == "scatter":
+            part = D.T @ D  # float64 (p, p), a symmetric rank-n update (syrk)
+            E = self.buffers.get("E32", (n, p), np.float32)
+            en = kernels.center_rows(H, np.zeros(n, dtype=np.int64), self.mu_g_row, E)
+        score = E @ table
+        tol = self.ncc_rtol * np.sqrt(en) * self.max_norm_centred + self.ncc_atol
+        y_ncc, near = kernels.decide(score, 2.0, offsets, tol)
+        decisions.settle(y_ncc, near, score, tol, lambda row, classes: decisions.ncc_scores(H[row], model.means, classes))
         return y, y_ncc, y_net, ss, part

@@ -22,6 +22,9 @@ import numpy as np
 
 _i64 = ctypes.c_int64
 
+# the partial sums of a tile of pairs (pair_tile), in the order of _kernels.c's NCLI_PAIR_* enum
+PAIR_SUMS = {name: i for i, name in enumerate(("abs", "cos1", "cos2", "cdnv", "cdnv0", "k1", "k2", "count"))}
+
 
 class _NumpyKernels:
     """The reference implementation (numpy only)."""
@@ -58,7 +61,7 @@ class _NumpyKernels:
         """(best, near) of float32 scores v[i] = scale·S[i] + table[rows[i]] (``table`` a
         (C,) vector added to every row when ``rows`` is None): best = first argmax per row;
         near = runner-up within ``tol`` (difference in float32) or a score not finite.
-        S is overwritten (scratch)."""
+        S is overwritten with the scores v."""
         if scale != 1.0:
             S *= np.float32(scale)
         S += table if rows is None else table[rows]
@@ -68,6 +71,7 @@ class _NumpyKernels:
         top = S[ar, best].copy()
         S[ar, best] = -np.inf  # the runner-up is the max of the rest
         near = ~finite | ((top - S.max(axis=1)) <= tol)
+        S[ar, best] = top
         return best, near
 
     @staticmethod
@@ -77,6 +81,62 @@ class _NumpyKernels:
             proj += np.einsum("ij,ij->j", Z, Z)
         E = Z + coords[y]
         return E.astype(np.float32), np.einsum("ij,ij->i", E, E)
+
+    @staticmethod
+    def pair_tile(
+        G: np.ndarray, r0: int, c0: int, norm: np.ndarray, offset: float, cos_shift: float,
+        s2: np.ndarray | None = None, points: np.ndarray | None = None, unit: np.ndarray | None = None,
+        k_shift: float = 0.0, zero_u2: float = 0.0,
+    ) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """Sums over the pairs (a, b) = (r0 + i, c0 + j), a < b, of a tile G[i, j] = ⟨x_a, x_b⟩ of
+        the Gram matrix of C vectors with norms ``norm`` (C,): returns (acc, zero_pair) with acc
+        indexed by :data:`PAIR_SUMS` (cos = G/(‖x_a‖‖x_b‖)):
+          abs: Σ|cos + offset|;  cos1, cos2: Σ(cos − cos_shift), Σ(cos − cos_shift)²;
+          with ``s2`` (σ_c², the x being centred means, ``points`` the means): cdnv:
+            Σ (σ_a² + σ_b²)/(2 d²) over pairs with d² > 0, cdnv0: the pairs with d² = 0, where
+            d² = ‖x_a‖² + ‖x_b‖² − 2G or, when that is below 1e-3 (‖x_a‖² + ‖x_b‖²) (the
+            expansion cancels), ‖points_a − points_b‖² directly;
+          with ``unit`` (the rows x_c/‖x_c‖): k1, k2: Σ(k − k_shift), Σ(k − k_shift)² of
+            k = −log(u²)/2, u² = 2 − 2cos or, below 2e-3, ‖unit_a − unit_b‖² directly; pairs
+            with u² ≤ ``zero_u2`` (identical directions up to rounding) add nothing, and the
+            first of them (row-major) is ``zero_pair``;
+          count: the pairs."""
+        rows, cols = G.shape
+        ai, bj = np.nonzero(np.arange(r0, r0 + rows)[:, None] < np.arange(c0, c0 + cols)[None, :])
+        a, b = ai + r0, bj + c0
+        g = G[ai, bj]
+        acc = np.zeros(len(PAIR_SUMS))
+        zero_pair = None
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zero vector: NaN sums, as in C
+            cos = g / (norm[a] * norm[b])
+        acc[PAIR_SUMS["abs"]] = np.sum(np.abs(cos + offset))
+        dc = cos - cos_shift
+        acc[PAIR_SUMS["cos1"]] = np.sum(dc)
+        acc[PAIR_SUMS["cos2"]] = np.sum(dc * dc)
+        acc[PAIR_SUMS["count"]] = a.size
+        if s2 is not None:
+            sq = norm * norm
+            d2 = sq[a] + sq[b] - 2.0 * g
+            for q in np.flatnonzero(d2 < 1e-3 * (sq[a] + sq[b])).tolist():
+                d = points[a[q]] - points[b[q]]
+                d2[q] = float(d @ d)
+            positive = d2 > 0
+            acc[PAIR_SUMS["cdnv"]] = np.sum((s2[a] + s2[b])[positive] / (2.0 * d2[positive]))
+            acc[PAIR_SUMS["cdnv0"]] = a.size - np.count_nonzero(positive)
+        if unit is not None:
+            u2 = 2.0 - 2.0 * cos
+            for q in np.flatnonzero(u2 < 2e-3).tolist():
+                d = unit[a[q]] - unit[b[q]]
+                u2[q] = float(d @ d)
+            zero = u2 <= zero_u2
+            if zero.any():
+                q = int(np.argmax(zero))
+                zero_pair = (int(a[q]), int(b[q]))
+            with np.errstate(divide="ignore"):
+                dk = -0.5 * np.log(u2[~zero]) - k_shift
+            acc[PAIR_SUMS["k1"]] = np.sum(dk)
+            acc[PAIR_SUMS["k2"]] = np.sum(dk * dk)
+        return acc, zero_pair
 
 
 def _ptr(a: np.ndarray, dtype) -> int:
@@ -115,6 +175,9 @@ class _CKernels:
         lib.ncli_decide_f32.restype = None
         lib.ncli_ncc_coords.argtypes = [vp, _i64, _i64, vp, vp, vp, vp, vp]
         lib.ncli_ncc_coords.restype = None
+        dbl = ctypes.c_double
+        lib.ncli_pair_tile.argtypes = [vp, _i64, _i64, _i64, _i64, vp, dbl, dbl, vp, vp, vp, _i64, dbl, dbl, vp, vp, vp]
+        lib.ncli_pair_tile.restype = None
         self._lib = lib
 
     @staticmethod
@@ -183,6 +246,30 @@ class _CKernels:
             None if proj is None else _ptr(proj, np.float64), E32.ctypes.data, en.ctypes.data,
         )
         return E32, en
+
+    def pair_tile(self, G, r0, c0, norm, offset, cos_shift, s2=None, points=None, unit=None, k_shift=0.0, zero_u2=0.0):
+        rows, cols = G.shape
+        C = norm.shape[0]
+        if not (0 <= r0 and r0 + rows <= C and 0 <= c0 and c0 + cols <= C):
+            raise ValueError("pair_tile: the tile lies outside the C vectors")
+        p = 0
+        for arr in (points, unit):
+            if arr is not None:
+                if arr.ndim != 2 or arr.shape[0] != C or (p and arr.shape[1] != p):
+                    raise ValueError("pair_tile: points/unit must be (C, p)")
+                p = arr.shape[1]
+        if s2 is not None and (s2.shape != (C,) or points is None):
+            raise ValueError("pair_tile: s2 must be (C,) and come with points")
+        acc = np.zeros(len(PAIR_SUMS))
+        zero_pair = np.full(2, -1, dtype=np.int64)
+        scratch = np.empty(cols)
+        self._lib.ncli_pair_tile(
+            _ptr(G, np.float64), rows, cols, r0, c0, _ptr(norm, np.float64), offset, cos_shift,
+            None if s2 is None else _ptr(s2, np.float64), None if points is None else _ptr(points, np.float64),
+            None if unit is None else _ptr(unit, np.float64), p, k_shift, zero_u2, scratch.ctypes.data, acc.ctypes.data,
+            zero_pair.ctypes.data,
+        )
+        return acc, (None if zero_pair[0] < 0 else (int(zero_pair[0]), int(zero_pair[1])))
 
 
 def _load_compiled() -> tuple[_CKernels | None, str | None]:

@@ -1,8 +1,9 @@
 """Neural Collapse metrics from sufficient statistics — pure numpy, no files, no CLI.
 
 The definitions are the contract in ``docs/metrics.md`` (Papyan, Han & Donoho 2020).
-Everything here works on small arrays (C × p, C × C, k × k); the streaming over samples that
-produces them lives in the engine (:mod:`ncli.measure.engine`). Which metrics exist, and under
+Everything here works on arrays of C × p, k × k or p × p numbers (C × C only while C fits in
+one tile of pairs; above, :mod:`ncli.measure.pairs` sweeps the pairs in tiles); the streaming
+over samples that produces them lives in the engine (:mod:`ncli.measure.engine`). Which metrics exist, and under
 which keys, is the registry's business (:mod:`ncli.measure.registry`).
 
 Sufficient statistics of the train split:
@@ -19,18 +20,19 @@ p × p matrix.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from ncli.errors import InputError
+from ncli.measure.pairs import Gram, PairSums, PairSweep, cross_etf_distance_closed_form, dense_etf_distance
 
 RANK_RTOL = 1e-12  # eigenvalues of Σ_B at or below RANK_RTOL · λ_max are dropped (spec)
 
 
-def class_means(counts: np.ndarray, sums: np.ndarray, class_names=None) -> np.ndarray:
-    """μ_c = sums_c / N_c; a class without samples is an error naming it."""
+def class_means(counts: np.ndarray, sums: np.ndarray, class_names=None, hint: str = "") -> np.ndarray:
+    """μ_c = sums_c / N_c; a class without samples is an error naming it (and ``hint``)."""
     counts = np.asarray(counts)
     num_classes = counts.shape[0]
     if num_classes < 2:
@@ -40,7 +42,8 @@ def class_means(counts: np.ndarray, sums: np.ndarray, class_names=None) -> np.nd
         first = int(empty[0])
         label = f"class {first}" + (f" ({class_names[first]!r})" if class_names else "")
         more = f" and {empty.size - 1} more" if empty.size > 1 else ""
-        raise InputError(f"{label}{more} has no samples in the train split; class means are undefined")
+        hint = f" ({hint})" if hint else ""
+        raise InputError(f"{label}{more} has no samples in the train split; class means are undefined{hint}")
     return sums / counts[:, None].astype(np.float64)
 
 
@@ -99,32 +102,6 @@ def _sample_std(x: np.ndarray) -> float | None:
     return float(np.std(x, ddof=1))
 
 
-def _pairs(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(num_classes, k=1)
-
-
-@dataclass
-class Gram:
-    """C vectors seen through their Gram matrix G: norms and the cosines over pairs c < c'."""
-
-    G: np.ndarray  # (C, C)
-
-    @classmethod
-    def of(cls, vectors: np.ndarray) -> Gram:
-        return cls(vectors @ vectors.T)
-
-    @cached_property
-    def norms(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.G), 0.0, None))
-
-    @cached_property
-    def cosines(self) -> np.ndarray:
-        """Values of the upper triangle, divided by the two norms."""
-        i, j = _pairs(self.G.shape[0])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.G[i, j] / (self.norms[i] * self.norms[j])
-
-
 # --- NC1 -----------------------------------------------------------------------------------
 
 
@@ -145,52 +122,50 @@ def trace_ratio(ss_within: np.ndarray, centred: np.ndarray, num_samples: float) 
     return finite_or_none(tr_w / tr_b) if tr_b > 0 else None
 
 
-def cdnv(counts: np.ndarray, means: np.ndarray, ss_within: np.ndarray, means_gram: Gram) -> float | None:
-    """Mean over pairs of (σ_c² + σ_c'²) / (2 ‖μ_c − μ_c'‖²); distances from the Gram of the
-    centred means (centring keeps the cancellation mild). None when two means coincide."""
-    sigma2 = ss_within / counts
-    G = means_gram.G
-    i, j = _pairs(G.shape[0])
-    sq = np.diag(G)
-    dist2 = sq[i] + sq[j] - 2.0 * G[i, j]
-    # The Gram expansion cancels when two means nearly coincide: recompute those pairs as
-    # ‖μ_c − μ_c'‖² directly (C × p work per pair, only where needed).
-    close = np.flatnonzero(dist2 < 1e-3 * (sq[i] + sq[j]))
-    for q in close.tolist():
-        d = means[i[q]] - means[j[q]]
-        dist2[q] = float(d @ d)
-    # Identical means (e.g. dead features at initialisation) make CDNV undefined: null, never inf/NaN.
-    return float(np.mean((sigma2[i] + sigma2[j]) / (2.0 * dist2))) if np.all(dist2 > 0) else None
+def cdnv(means_view: Gram | PairSums) -> float | None:
+    """Mean over pairs of (σ_c² + σ_c'²) / (2 ‖μ_c − μ_c'‖²), from the pair view of the centred
+    means; None when two means coincide."""
+    return means_view.cdnv()
 
 
 # --- NC2, of the centred means or of the classifier rows -----------------------------------
 
 
-def equinorm(gram: Gram) -> float | None:
+def equinorm(view: Gram | PairSums) -> float | None:
     """std/mean of the norms."""
-    norms = gram.norms
+    norms = view.norms
     return finite_or_none(_sample_std(norms) / norms.mean()) if norms.mean() > 0 else None
 
 
-def equiangular(gram: Gram) -> float | None:
+def equiangular(view: Gram | PairSums) -> float | None:
     """std of the cosines over pairs (None for C = 2: one pair, no spread)."""
-    return finite_or_none(_sample_std(gram.cosines)) if gram.G.shape[0] > 2 else None
+    return finite_or_none(view.cos_std()) if view.num_classes > 2 else None
 
 
-def maxangle(gram: Gram) -> float | None:
+def maxangle(view: Gram | PairSums) -> float | None:
     """mean |cos + 1/(C−1)| over pairs."""
-    num_classes = gram.G.shape[0]
-    return finite_or_none(np.mean(np.abs(gram.cosines + 1.0 / (num_classes - 1))))
+    return finite_or_none(view.maxangle())
 
 
-def etf_distance(G: np.ndarray) -> float | None:
+def etf_distance(view: Gram | PairSums) -> float | None:
     """‖G/‖G‖_F − (I − 11ᵀ/C)/√(C−1)‖_F; None when G is 0."""
-    num_classes = G.shape[0]
-    norm = np.linalg.norm(G)
-    if norm == 0:
+    return view.etf_distance()
+
+
+# --- GNC2: hyperspherical uniformity -------------------------------------------------------
+
+
+def gnc2_log_mean(sums: PairSums) -> float | None:
+    """Mean over pairs of log(1/‖û_c − û_c'‖) (Liu et al. 2023; Wu & Papyan 2024); None when
+    two unit means coincide (the log is infinite: :meth:`Statistics.notes` names them)."""
+    return None if sums.identical is not None else finite_or_none(sums.gnc2_mean)
+
+
+def gnc2_log_var(sums: PairSums) -> float | None:
+    """Population variance over pairs of log(1/‖û_c − û_c'‖); None as the mean."""
+    if sums.identical is not None:
         return None
-    target = (np.eye(num_classes) - np.full((num_classes, num_classes), 1.0 / num_classes)) / math.sqrt(num_classes - 1)
-    return float(np.linalg.norm(G / norm - target))
+    return finite_or_none(max(sums.gnc2_ss, 0.0) / sums.num_pairs)
 
 
 # --- NC3 -----------------------------------------------------------------------------------
@@ -203,10 +178,13 @@ def self_duality(W: np.ndarray, centred: np.ndarray) -> float | None:
     return float(np.sum((W / norm_w - centred / norm_m) ** 2)) if norm_w > 0 and norm_m > 0 else None
 
 
-def wh_etf_distance(W: np.ndarray, centred: np.ndarray) -> float | None:
-    """ETF distance of W M (C × C)."""
+def wh_etf_distance(W: np.ndarray, centred: np.ndarray, dense: bool = True) -> float | None:
+    """ETF distance of W M (C × C): formed densely, or (``dense=False``, large C) from p × p
+    products (:func:`ncli.measure.pairs.cross_etf_distance_closed_form`)."""
+    if not dense:
+        return cross_etf_distance_closed_form(W, centred)
     WM = W @ centred.T
-    return etf_distance(WM) if np.linalg.norm(WM) > 0 else None
+    return dense_etf_distance(WM) if np.linalg.norm(WM) > 0 else None
 
 
 def bias_collapse(W: np.ndarray, b: np.ndarray, mu_g: np.ndarray) -> float:
@@ -215,19 +193,51 @@ def bias_collapse(W: np.ndarray, b: np.ndarray, mu_g: np.ndarray) -> float:
     return float(np.linalg.norm(W @ mu_g + b))
 
 
+def duality_cosines(W: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """(C,) cos(w_c, μ_c − μ_G); NaN where a norm is 0."""
+    denom = np.linalg.norm(W, axis=1) * np.linalg.norm(centred, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("ij,ij->i", W, centred) / denom
+
+
+def duality_cos_mean(W: np.ndarray, centred: np.ndarray) -> float | None:
+    """Uniform duality (UNC3, Wu & Papyan 2024): mean over classes of cos(w_c, μ_c − μ_G)."""
+    return finite_or_none(np.mean(duality_cosines(W, centred)))
+
+
+def duality_cos_std(W: np.ndarray, centred: np.ndarray) -> float | None:
+    """Sample std (ddof 1) over classes of cos(w_c, μ_c − μ_G)."""
+    return finite_or_none(_sample_std(duality_cosines(W, centred)))
+
+
+# --- NC5: ID/OOD orthogonality -------------------------------------------------------------
+
+
+def nc5_orthodev(means: np.ndarray, ood_mean: np.ndarray | None) -> float | None:
+    """Mean over classes of |⟨μ_c, μ_G^OOD⟩| / (‖μ_c‖ ‖μ_G^OOD‖), uncentred (Ammar et al. 2024,
+    NECO); None without an OOD split or where a norm is 0."""
+    if ood_mean is None:
+        return None
+    denom = np.linalg.norm(means, axis=1) * np.linalg.norm(ood_mean)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return finite_or_none(np.mean(np.abs(means @ ood_mean) / denom))
+
+
 # --- per class -----------------------------------------------------------------------------
 
 
 def per_class_table(
-    *, counts: np.ndarray, means: np.ndarray, mu_g: np.ndarray, ss_within: np.ndarray, W: np.ndarray | None
+    *, counts: np.ndarray, means: np.ndarray, mu_g: np.ndarray, ss_within: np.ndarray, W: np.ndarray | None,
+    classes: np.ndarray | None = None,
 ) -> list[dict]:
-    """Per-class N_c, σ_c², ‖μ_c − μ_G‖, ‖w_c‖ and cos(w_c, μ_c − μ_G)."""
+    """Per-class N_c, σ_c², ‖μ_c − μ_G‖, ‖w_c‖ and cos(w_c, μ_c − μ_G); ``classes`` are the
+    classes' indices in the file (default 0..C−1) when only some were measured."""
     centred = means - mu_g
     dist = np.linalg.norm(centred, axis=1)
     rows = []
     for c in range(counts.shape[0]):
         row = {
-            "class": c,
+            "class": c if classes is None else int(classes[c]),
             "num_samples": int(counts[c]),
             "sigma2": float(ss_within[c] / counts[c]),
             "mean_dist": float(dist[c]),
@@ -246,7 +256,9 @@ def per_class_table(
 @dataclass(frozen=True)
 class Statistics:
     """What the metrics are computed from: the class statistics of the split that defines
-    them, the model built on them (means, μ_G, basis, classifier) and its within-class sums."""
+    them, the model built on them (means, μ_G, basis, classifier) and its within-class sums;
+    the OOD split's sample mean when one was named; how to sweep pairs of classes (dense
+    while C fits in one tile of ``pair_sweep``, tiled above) and how to name a class."""
 
     counts: np.ndarray  # (C,) float64
     means: np.ndarray  # (C, p)
@@ -256,10 +268,23 @@ class Statistics:
     proj_ss: np.ndarray  # (k,)
     W: np.ndarray | None  # (C, p) or None without a classifier
     b: np.ndarray | None  # (C,) or None
+    ood_mean: np.ndarray | None = None  # (p,) μ_G^OOD, or None without an OOD split
+    pair_sweep: PairSweep = field(default_factory=PairSweep)
+    classes: np.ndarray | None = None  # (C,) the classes' indices in the file (None: 0..C−1)
+    class_names: list[str] | None = None  # the file's names, by file index
 
     @cached_property
     def num_samples(self) -> float:
         return float(self.counts.sum())
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dense(self) -> bool:
+        """All pairs fit in one tile: pair statistics from dense C × C Gram matrices."""
+        return self.num_classes <= self.pair_sweep.tile
 
     @cached_property
     def centred(self) -> np.ndarray:
@@ -267,9 +292,41 @@ class Statistics:
         return self.means - self.mu_g
 
     @cached_property
-    def means_gram(self) -> Gram:
-        return Gram.of(self.centred)
+    def sigma2(self) -> np.ndarray:
+        """(C,) σ_c²."""
+        return self.ss_within / self.counts
 
     @cached_property
-    def classifiers_gram(self) -> Gram:
-        return Gram.of(self.W)
+    def means_sweep(self) -> PairSums:
+        """The tiled sweep over pairs of centred means (GNC2 always; CDNV when not dense)."""
+        dense = self.dense
+        return self.pair_sweep(
+            self.centred, sigma2=None if dense else self.sigma2, points=None if dense else self.means, gnc2=True
+        )
+
+    @cached_property
+    def means_view(self) -> Gram | PairSums:
+        if self.dense:
+            return Gram.of(self.centred, sigma2=self.sigma2, points=self.means)
+        return self.means_sweep
+
+    @cached_property
+    def classifiers_view(self) -> Gram | PairSums:
+        return Gram.of(self.W) if self.dense else self.pair_sweep(self.W)
+
+    def class_label(self, c: int) -> str:
+        """How a message names measured class ``c``: its index in the file, and its name."""
+        index = c if self.classes is None else int(self.classes[c])
+        name = f" ({self.class_names[index]!r})" if self.class_names else ""
+        return f"class {index}{name}"
+
+    def notes(self) -> list[str]:
+        """Why metrics that could be expected are null (besides a missing classifier)."""
+        out = []
+        if self.means_sweep.identical is not None:
+            first, second = (self.class_label(c) for c in self.means_sweep.identical)
+            out.append(
+                f"gnc2_log_mean and gnc2_log_var are null: {first} and {second} have the same direction of "
+                "μ_c − μ_G (their log inverse distance is infinite)"
+            )
+        return out

@@ -14,12 +14,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ncli.errors import InputError
+from ncli.errors import InputError, UsageError
 from ncli.features.reader import FeatureFile
 from ncli.features.stats_file import is_statistics_file
 from ncli.measure import metrics, registry
-from ncli.measure.blocks import NonFiniteFeatures, file_blocks
+from ncli.measure.blocks import NonFiniteFeatures, file_blocks, unlabelled
 from ncli.measure.engine import NumpyBackend, single_threaded_blas
+from ncli.measure.pairs import PairSweep
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 SCHEMA = "ncli.measure/1"
@@ -57,15 +58,20 @@ def measure_file(
     layer: str | None = None,
     chunk_rows: int | None = None,
     backend=None,
+    min_per_class: int | None = None,
+    ood: str | None = None,
     allow_external: bool = False,
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring). A
     statistics file (``ncli extract --stats-only``, ``Accumulator.save``) gives the record of
     its accumulated statistics (``layer`` and ``chunk_rows`` do not apply to it).
 
-    ``split`` names the split whose class statistics define the metrics; every split in the
-    file is evaluated against them. ``layer`` measures ``/<split>/layers/<layer>`` instead
-    of the penultimate features (classifier metrics are then not available).
+    ``split`` names the split whose class statistics define the metrics; every other split
+    in the file is evaluated against them, except ``ood``: an out-of-distribution split whose
+    features' mean gives NC5 (its labels are ignored; it counts in no accuracy). ``layer``
+    measures ``/<split>/layers/<layer>`` instead of the penultimate features (classifier
+    metrics are then not available). ``min_per_class``: measure only the classes with at
+    least that many samples in ``split`` (the others' rows count in no split).
 
     ``backend`` does the per-block arithmetic: a :class:`ncli.measure.engine.NumpyBackend`
     (the default, on all CPUs; bit-reproducible) or a
@@ -86,11 +92,15 @@ def measure_file(
         num_classes = ff.num_classes
         if num_classes < 2:
             raise InputError(f"{path}: num_classes is {num_classes}; Neural Collapse metrics need at least 2 classes")
-        if num_classes > info.num_samples:  # before C × p statistics are allocated
+        if min_per_class is None and num_classes > info.num_samples:  # before C × p statistics are allocated
             raise InputError(
-                f"{path}: num_classes is {num_classes} but split {split!r} has {info.num_samples} rows; "
-                "every class needs at least one sample"
+                f"{path}: num_classes is {num_classes} but split {split!r} has {info.num_samples} rows; every class "
+                "needs a train sample (measure only the classes that have some with --min-per-class 1)"
             )
+        if ood is not None:
+            ff.split(ood)
+            if ood == split:
+                raise UsageError(f"--ood {ood}: the out-of-distribution split cannot be the split that defines the metrics")
         if layer is not None:
             dim = ff.layer_info(split, layer)[1]
             classifier = None
@@ -107,15 +117,24 @@ def measure_file(
         with _in_split(path, split):
             backend.class_sums(file_blocks(ff, split, chunk_rows, layer), class_stats)
         try:
-            model = Model.fit(class_stats, global_mean=global_mean, W=W, b=b, class_names=names)
+            model = Model.fit(
+                class_stats, global_mean=global_mean, W=W, b=b, class_names=names, min_per_class=min_per_class
+            )
         except InputError as exc:
             raise InputError(f"{path}: split {split!r}: {exc}") from None
 
         results = {}
-        for name in [split] + [s for s in ff.splits if s != split]:
+        for name in [split] + [s for s in ff.splits if s not in (split, ood)]:
             results[name] = SplitStatistics.for_model(model, within=(name == split))
             with _in_split(path, name):
                 backend.evaluate(file_blocks(ff, name, chunk_rows, layer), model, results[name])
+        ood_stats = None
+        if ood is not None:
+            ood_stats = ClassStatistics(1, dim)
+            with _in_split(path, ood):
+                backend.class_sums(unlabelled(file_blocks(ff, ood, chunk_rows, layer)), ood_stats)
+            if ood_stats.counts[0] == 0:
+                raise InputError(f"{path}: --ood split {ood!r} has no samples")
         source = {
             "file": str(path),
             "epoch": ff.epoch,
@@ -125,7 +144,8 @@ def measure_file(
         if layer is not None and layer in info.layer_depths:  # its place in the forward pass
             source["layer_depth"] = info.layer_depths[layer]
     return build_record(
-        source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names
+        source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names,
+        ood_split=ood, ood_stats=ood_stats, pair_sweep=getattr(backend, "pair_sweep", None),
     )
 
 
@@ -138,13 +158,20 @@ def build_record(
     train_split: str,
     per_class: bool = False,
     class_names: list[str] | None = None,
+    ood_split: str | None = None,
+    ood_stats: ClassStatistics | None = None,
+    pair_sweep: PairSweep | None = None,
 ) -> dict:
     """The ``ncli.measure/1`` record: ``source`` (file, epoch, step, layer: where the features
     came from), then the metrics of the model and the statistics of every evaluated split
-    (``results[train_split]`` holds the within-class sums)."""
+    (``results[train_split]`` holds the within-class sums). ``class_stats`` are the defining
+    split's, of all the file's classes (the model says which were measured). ``ood_stats``:
+    the one-class sums of the out-of-distribution split ``ood_split``, for NC5. ``pair_sweep``
+    sweeps pairs of classes (default: :class:`ncli.measure.pairs.PairSweep` on one thread)."""
     train = results[train_split]
+    counts = model.kept(class_stats.counts)
     statistics = metrics.Statistics(
-        counts=np.asarray(class_stats.counts, dtype=np.float64),
+        counts=np.asarray(counts, dtype=np.float64),
         means=model.means,
         mu_g=model.mu_g,
         basis=model.basis,
@@ -152,26 +179,37 @@ def build_record(
         proj_ss=train.projected_within(model.basis),
         W=model.W,
         b=model.b,
+        ood_mean=None if ood_stats is None else ood_stats.sums[0] / float(ood_stats.counts[0]),
+        pair_sweep=pair_sweep if pair_sweep is not None else PairSweep(),
+        classes=model.classes,
+        class_names=class_names,
     )
     splits = {name: registry.split_numbers(stats) for name, stats in results.items()}
     headline = "test" if "test" in splits else train_split
     record = {
         "schema": SCHEMA,
         **source,
-        "num_classes": model.num_classes,
+        "num_classes": model.num_file_classes or model.num_classes,
+        "classes_measured": model.num_classes,
+        "min_per_class": model.min_per_class,
         "feature_dim": model.means.shape[1],
         "splits": splits,
         "metrics": registry.metric_values(statistics, splits[headline]),
         "global_mean": model.global_mean,
         "train_split": train_split,
+        "ood": None if ood_split is None else {"split": ood_split, "num_samples": int(ood_stats.counts[0])},
         "has_classifier": model.has_classifier,
     }
+    notes = statistics.notes()
+    if notes:
+        record["notes"] = notes
     if per_class:
         rows = metrics.per_class_table(
-            counts=class_stats.counts, means=model.means, mu_g=model.mu_g, ss_within=train.ss_within, W=model.W
+            counts=counts, means=model.means, mu_g=model.mu_g, ss_within=train.ss_within, W=model.W,
+            classes=model.classes,
         )
         for c, row in enumerate(rows):
-            row["name"] = class_names[c] if class_names else None
+            row["name"] = class_names[row["class"]] if class_names else None
             for number in registry.SPLIT_NUMBERS:
                 if number.per_class is not None:
                     row[number.key] = {
@@ -216,6 +254,15 @@ def validate_record(obj, where: str) -> dict:
     for key in ("layer", "train_split", "global_mean"):
         if not (obj.get(key) is None or isinstance(obj.get(key), str)):
             raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {_shown(obj.get(key))}")
+    for key in ("classes_measured", "min_per_class"):
+        if not _is_int_or_none(obj.get(key)):
+            raise InputError(f"{where}: measure record: {key!r} must be an integer (int64) or null, not {_shown(obj.get(key))}")
+    ood = obj.get("ood")
+    if not (ood is None or (isinstance(ood, dict) and isinstance(ood.get("split"), str))):
+        raise InputError(f"{where}: measure record: 'ood' must be null or an object with a 'split' string, not {_shown(ood)}")
+    notes = obj.get("notes", [])
+    if not (isinstance(notes, list) and all(isinstance(text, str) for text in notes)):
+        raise InputError(f"{where}: measure record: 'notes' must be a list of strings, not {_shown(notes)}")
     values = obj.get("metrics")
     if not isinstance(values, dict) or not values:
         raise InputError(f"{where}: measure record without a 'metrics' object")

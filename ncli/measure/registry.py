@@ -26,17 +26,20 @@ class Panel:
     log: bool = False  # logarithmic y axis
     fraction: bool = False  # values in [0, 1]: y axis fixed to that range
     unavailable: str = "not available"  # shown when nothing can be drawn
+    simplex: bool = False  # an NC2 panel: its target, a simplex ETF, exists only while C ≤ p + 1
 
 
 # Panels against epoch (Papyan, Han & Donoho, PNAS 2020), in figure order.
 NO_CLASSIFIER = "not available (no classifier)"
 ACCURACY_PANEL = Panel("Accuracy (train / test)", "accuracy", fraction=True, unavailable=NO_CLASSIFIER)
 NC1_PANEL = Panel("Fig. 6  NC1: Tr(Σ_W Σ_B⁺)/C", "Tr(Σ_W Σ_B⁺)/C (log)", log=True)
-EQUINORM_PANEL = Panel("Fig. 2  Equinorm: std/mean of norms", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖")
+EQUINORM_PANEL = Panel("Fig. 2  Equinorm: std/mean of norms", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖", simplex=True)
 EQUIANGULAR_PANEL = Panel(
-    "Fig. 3  Equiangularity: std of cosines", "std of cos over pairs", unavailable="not available (C = 2: one pair)"
+    "Fig. 3  Equiangularity: std of cosines", "std of cos over pairs", unavailable="not available (C = 2: one pair)",
+    simplex=True,
 )
-MAXANGLE_PANEL = Panel("Fig. 4  Max-angle: mean |cos + 1/(C−1)|", "mean |cos + 1/(C−1)|")
+MAXANGLE_PANEL = Panel("Fig. 4  Max-angle: mean |cos + 1/(C−1)|", "mean |cos + 1/(C−1)|", simplex=True)
+GNC2_PANEL = Panel("GNC2  Uniformity: var of log 1/‖û_c−û_c'‖", "variance over pairs (population)")
 SELF_DUALITY_PANEL = Panel(
     "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²", "‖W/‖W‖_F − M/‖M‖_F‖²_F", unavailable=NO_CLASSIFIER
 )
@@ -44,7 +47,8 @@ NCC_PANEL = Panel(
     "Fig. 7  NCC disagreement: net ≠ nearest class centre", "fraction of samples", unavailable=NO_CLASSIFIER
 )
 EPOCH_PANELS = (
-    ACCURACY_PANEL, NC1_PANEL, EQUINORM_PANEL, EQUIANGULAR_PANEL, MAXANGLE_PANEL, SELF_DUALITY_PANEL, NCC_PANEL,
+    ACCURACY_PANEL, NC1_PANEL, EQUINORM_PANEL, EQUIANGULAR_PANEL, MAXANGLE_PANEL, GNC2_PANEL, SELF_DUALITY_PANEL,
+    NCC_PANEL,
 )
 
 # Panels against layer depth (``compare --by layer``), classifier-free, in figure order.
@@ -130,52 +134,72 @@ METRICS = (
     ),
     Metric(
         "cdnv", "class-distance normalised variance",
-        lambda s: metrics.cdnv(s.counts, s.means, s.ss_within, s.means_gram),
+        lambda s: metrics.cdnv(s.means_view),
         by_layer=True, layer_panel=LAYER_CDNV_PANEL,
     ),
     Metric(
-        "equinorm_means", "NC2  std/mean ‖μ_c−μ_G‖", lambda s: metrics.equinorm(s.means_gram), by_layer=True,
+        "equinorm_means", "NC2  std/mean ‖μ_c−μ_G‖", lambda s: metrics.equinorm(s.means_view), by_layer=True,
         epoch_panel=EQUINORM_PANEL, series="means", layer_panel=LAYER_EQUINORM_PANEL,
     ),
     Metric(
-        "equinorm_classifiers", "NC2  std/mean ‖w_c‖", lambda s: metrics.equinorm(s.classifiers_gram),
+        "equinorm_classifiers", "NC2  std/mean ‖w_c‖", lambda s: metrics.equinorm(s.classifiers_view),
         needs_classifier=True, epoch_panel=EQUINORM_PANEL, series="classifiers",
     ),
     Metric(
-        "equiangular_means", "NC2  std cos(μ_c, μ_c')", lambda s: metrics.equiangular(s.means_gram), by_layer=True,
+        "equiangular_means", "NC2  std cos(μ_c, μ_c')", lambda s: metrics.equiangular(s.means_view), by_layer=True,
         epoch_panel=EQUIANGULAR_PANEL, series="means", layer_panel=LAYER_EQUIANGULAR_PANEL,
     ),
     Metric(
-        "equiangular_classifiers", "NC2  std cos(w_c, w_c')", lambda s: metrics.equiangular(s.classifiers_gram),
+        "equiangular_classifiers", "NC2  std cos(w_c, w_c')", lambda s: metrics.equiangular(s.classifiers_view),
         needs_classifier=True, epoch_panel=EQUIANGULAR_PANEL, series="classifiers",
     ),
     Metric(
-        "maxangle_means", "NC2  mean |cos + 1/(C−1)|, means", lambda s: metrics.maxangle(s.means_gram), by_layer=True,
+        "maxangle_means", "NC2  mean |cos + 1/(C−1)|, means", lambda s: metrics.maxangle(s.means_view), by_layer=True,
         epoch_panel=MAXANGLE_PANEL, series="means", layer_panel=LAYER_MAXANGLE_PANEL,
     ),
     Metric(
         "maxangle_classifiers", "NC2  mean |cos + 1/(C−1)|, classifiers",
-        lambda s: metrics.maxangle(s.classifiers_gram), needs_classifier=True, epoch_panel=MAXANGLE_PANEL,
+        lambda s: metrics.maxangle(s.classifiers_view), needs_classifier=True, epoch_panel=MAXANGLE_PANEL,
         series="classifiers",
     ),
     Metric(
-        "etf_distance_means", "NC2  ‖G/‖G‖ − ETF‖, means", lambda s: metrics.etf_distance(s.means_gram.G),
+        "etf_distance_means", "NC2  ‖G/‖G‖ − ETF‖, means", lambda s: metrics.etf_distance(s.means_view),
         by_layer=True,
     ),
     Metric(
         "etf_distance_classifiers", "NC2  ‖G/‖G‖ − ETF‖, classifiers",
-        lambda s: metrics.etf_distance(s.classifiers_gram.G), needs_classifier=True,
+        lambda s: metrics.etf_distance(s.classifiers_view), needs_classifier=True,
     ),
     Metric(
         "self_duality", "NC3  ‖W/‖W‖ − M/‖M‖‖²", lambda s: metrics.self_duality(s.W, s.centred),
         needs_classifier=True, epoch_panel=SELF_DUALITY_PANEL,
     ),
     Metric(
-        "wh_etf_distance", "NC3  ‖WM/‖WM‖ − ETF‖", lambda s: metrics.wh_etf_distance(s.W, s.centred),
+        "wh_etf_distance", "NC3  ‖WM/‖WM‖ − ETF‖", lambda s: metrics.wh_etf_distance(s.W, s.centred, s.dense),
         needs_classifier=True,
     ),
     Metric(
         "bias_collapse", "bias  ‖W μ_G + b‖", lambda s: metrics.bias_collapse(s.W, s.b, s.mu_g), needs_classifier=True
+    ),
+    Metric(
+        "gnc2_log_mean", "GNC2  mean log 1/‖û_c−û_c'‖",
+        lambda s: metrics.gnc2_log_mean(s.means_sweep), by_layer=True,
+    ),
+    Metric(
+        "gnc2_log_var", "GNC2  variance of log 1/‖û_c−û_c'‖",
+        lambda s: metrics.gnc2_log_var(s.means_sweep), by_layer=True, epoch_panel=GNC2_PANEL,
+        series="means",
+    ),
+    Metric(
+        "duality_cos_mean", "UNC3  mean cos(w_c, μ_c−μ_G)", lambda s: metrics.duality_cos_mean(s.W, s.centred),
+        needs_classifier=True,
+    ),
+    Metric(
+        "duality_cos_std", "UNC3  std cos(w_c, μ_c−μ_G)", lambda s: metrics.duality_cos_std(s.W, s.centred),
+        needs_classifier=True,
+    ),
+    Metric(
+        "nc5_orthodev", "NC5  mean |cos(μ_c, μ_G^OOD)|", lambda s: metrics.nc5_orthodev(s.means, s.ood_mean),
     ),
     Metric(
         NCC_DISAGREEMENT.key, "NC4  net ≠ nearest class centre", needs_classifier=True, headline=NCC_DISAGREEMENT

@@ -48,8 +48,17 @@ def run_label_parts(rec: dict, name: str | None = None, with_layer: bool = True)
     return bits
 
 
+def classes_measured(rec: dict) -> str | None:
+    """"C' of C classes measured (≥ K train samples each)" when not every class was."""
+    measured, total = rec.get("classes_measured"), rec.get("num_classes")
+    if measured is None or measured == total:
+        return None
+    rule = f" (≥ {rec['min_per_class']} train samples each)" if rec.get("min_per_class") else ""
+    return f"{measured:,} of {total:,} classes measured{rule}"
+
+
 def _title(rec: dict) -> str:
-    return "  ".join(run_label_parts(rec))
+    return "  ".join(run_label_parts(rec) + [part for part in (classes_measured(rec),) if part])
 
 
 def metrics_table(records: list[dict]) -> Table:
@@ -69,6 +78,9 @@ def metrics_table(records: list[dict]) -> Table:
 
 def splits_heading(rec: dict, with_file: bool = False) -> str:
     title = f"splits (class statistics from {printable(repr(rec.get('train_split', 'train')))})"
+    if rec.get("ood"):
+        ood_name = printable(repr(rec["ood"]["split"]))
+        title += f"; out-of-distribution split {ood_name} ({rec['ood']['num_samples']:,} samples) for NC5 only"
     return f"{_title(rec)}: {title}" if with_file else title
 
 

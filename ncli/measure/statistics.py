@@ -18,7 +18,11 @@ from functools import cached_property
 
 import numpy as np
 
+from ncli.errors import InputError
+from ncli.features.reader import Chunk
 from ncli.measure import metrics
+
+MIN_PER_CLASS_HINT = "--min-per-class K measures only the classes with at least K train samples"
 
 
 class ClassStatistics:
@@ -41,7 +45,11 @@ class ClassStatistics:
 @dataclass(frozen=True, eq=False)
 class Model:
     """What pass 2 evaluates against: built from the class statistics of the split that
-    defines the metrics, and the classifier (``W`` (C, p), ``b`` (C,); None without one)."""
+    defines the metrics, and the classifier (``W`` (C, p), ``b`` (C,); None without one).
+
+    With a class selection (``classes``: the file's indices of the C' classes measured, in
+    increasing order; None when all are) everything here is of the kept classes only, and the
+    rows of the others are left out of every split (:meth:`select`)."""
 
     means: np.ndarray  # (C, p) μ_c
     mu_g: np.ndarray  # (p,) μ_G
@@ -49,18 +57,70 @@ class Model:
     basis: metrics.BetweenBasis
     W: np.ndarray | None = None
     b: np.ndarray | None = None
+    classes: np.ndarray | None = None  # (C',) file indices of the measured classes; None: all
+    num_file_classes: int | None = None  # the file's C (None: num_classes)
+    min_per_class: int | None = None  # the selection rule, when one was asked for
 
     @classmethod
     def fit(
-        cls, stats: ClassStatistics, *, global_mean: str = "class", W=None, b=None, class_names=None
+        cls, stats: ClassStatistics, *, global_mean: str = "class", W=None, b=None, class_names=None,
+        min_per_class: int | None = None,
     ) -> Model:
-        """Class means (an InputError names a class without samples), μ_G and the basis."""
-        means = metrics.class_means(stats.counts, stats.sums, class_names)
-        mu_g = metrics.global_mean(means, stats.counts, stats.sums, global_mean)
+        """Class means, μ_G and the basis. Without ``min_per_class`` every class needs train
+        samples (an InputError names the first without); with it, only the classes with at
+        least ``min_per_class`` train samples are measured (at least 2 of them)."""
+        counts, sums = stats.counts, stats.sums
+        num_file_classes = counts.shape[0]
+        classes = None
+        if min_per_class is not None:
+            if min_per_class < 1:
+                raise ValueError("min_per_class must be at least 1")
+            keep = np.flatnonzero(counts >= min_per_class)
+            if keep.size < 2:
+                raise InputError(
+                    f"{keep.size} of {num_file_classes} classes have at least {min_per_class} train samples "
+                    "(--min-per-class); Neural Collapse metrics need at least 2"
+                )
+            if keep.size < num_file_classes:
+                classes = keep
+                counts, sums = counts[keep], sums[keep]
+                if W is not None:
+                    W = W[keep]
+                    b = None if b is None else b[keep]
+        means = metrics.class_means(counts, sums, class_names, hint=MIN_PER_CLASS_HINT)
+        mu_g = metrics.global_mean(means, counts, sums, global_mean)
         basis = metrics.between_basis(means - mu_g)
         if W is not None and b is None:
             b = np.zeros(W.shape[0], dtype=np.float64)
-        return cls(means=means, mu_g=mu_g, global_mean=global_mean, basis=basis, W=W, b=b)
+        return cls(
+            means=means, mu_g=mu_g, global_mean=global_mean, basis=basis, W=W, b=b, classes=classes,
+            num_file_classes=num_file_classes, min_per_class=min_per_class,
+        )
+
+    def kept(self, per_class: np.ndarray) -> np.ndarray:
+        """A per-class array of the file's C classes restricted to the measured ones."""
+        return per_class if self.classes is None else per_class[self.classes]
+
+    @cached_property
+    def label_map(self) -> np.ndarray | None:
+        """(C_file,) the measured index of each file class, −1 for a class left out."""
+        if self.classes is None:
+            return None
+        out = np.full(self.num_file_classes, -1, dtype=np.int64)
+        out[self.classes] = np.arange(self.classes.size)
+        return out
+
+    def select(self, block: Chunk) -> tuple[Chunk, np.ndarray | None]:
+        """The rows of ``block`` of the measured classes, relabelled 0..C'−1, and their
+        positions in the block (None: all rows)."""
+        if self.classes is None:
+            return block, None
+        mapped = self.label_map[block.labels]
+        keep = mapped >= 0
+        if keep.all():
+            return Chunk(block.start, block.features, mapped), None
+        rows = np.flatnonzero(keep)
+        return Chunk(block.start, block.features[rows], mapped[rows]), rows
 
     @property
     def num_classes(self) -> int:
@@ -109,14 +169,17 @@ class Model:
 
     @cached_property
     def centred32(self) -> np.ndarray:
-        """(p, C) columns μ_c − μ_G."""
+        """(p, C) columns μ_c − μ_G: NCC score 2⟨e, m_c⟩ − ‖m_c‖² from e = h − μ_G."""
         return np.ascontiguousarray(self.basis.U @ self.basis.coords.T, dtype=np.float32)
 
     @cached_property
-    def ncc_pair_offsets32(self) -> np.ndarray:
-        """(C, C) t[a, c] = 2⟨m_a, m_c⟩ − ‖m_c‖²: NCC score 2⟨d, m_c⟩ + t[y, c] from d = h − μ_y."""
-        coords = self.basis.coords
-        return (2.0 * (coords @ coords.T) - self.sq_norm_centred[None, :]).astype(np.float32)
+    def mu_g_row(self) -> np.ndarray:
+        """(1, p) μ_G as a one-row table (centring rows on it with the centring kernel)."""
+        return np.ascontiguousarray(self.mu_g[None, :])
+
+    @cached_property
+    def norm_mu_g(self) -> float:
+        return float(np.linalg.norm(self.mu_g))
 
     @cached_property
     def W32(self) -> np.ndarray:
