@@ -56,8 +56,17 @@ _ARCH_HELP = (
 
 @command()
 def extract(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1); with --stats-only a statistics file.", show_default=False),
+    checkpoints: List[Path] = typer.Argument(
+        ..., metavar="CHECKPOINT...",
+        help="Checkpoint files or Hugging Face model folders (their form is detected from their content); several need -o FOLDER/.",
+        show_default=False,
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", metavar="OUTPUT",
+        help="Feature file to write (HDF5, format 1; with --stats-only a statistics file), or FOLDER/ (a trailing slash or an "
+        "existing folder; created when missing) to write FOLDER/<checkpoint stem>.h5 for each checkpoint.",
+        show_default=False,
+    ),
     data: List[str] = typer.Option(
         ..., "--data", "-d",
         help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT), or inputs named for the "
@@ -118,9 +127,13 @@ def extract(
 
     Checkpoint forms (detected from the content): a state_dict, plain or nested (state_dict, model, net; DataParallel 'module.', torch.compile '_orig_mod.' and Lightning 'model.' prefixes are handled), or .safetensors, with --arch; a TorchScript archive (hooks do not run in TorchScript, so the classifier's input is captured exactly by running the archive with that layer's weight set to the identity; --layer needs --arch); a torch.export .pt2 program; a Hugging Face save_pretrained folder (built by transformers from its config.json; a causal language model gives one row per predicted token, labelled with the next token); a whole pickled model, only with --trust-checkpoint.
 
+    Several checkpoints: ncli extract ckpts/*.pth ... -o runs/ writes runs/<checkpoint stem>.h5 for each, loading torch and opening the data once. Every output is checked before the first checkpoint runs (existing ones need --force); the first failure stops the run: the files already written stay, nothing of the failing one is left, and a note says which were written.
+
     Examples:
 
       ncli extract fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o mlp300.h5
+
+      ncli extract fixtures/checkpoints/mlp_epoch*.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o runs/
 
       ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg -o feats.h5
 
@@ -132,7 +145,7 @@ def extract(
     """
 
     require_torch("extract")
-    from ncli.extract.api import extract as run_extract
+    from ncli.extract.api import extract_many
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.distributed import PeerFailed
     from ncli.extract.options import ExtractOptions
@@ -145,7 +158,7 @@ def extract(
         stats_only=stats_only, stats_split=split, global_mean=global_mean.value if global_mean is not None else None,
     )
     try:
-        run_extract(checkpoint, output, data, options)
+        extract_many(checkpoints, output, data, options)
     except PeerFailed as exc:  # torchrun: another rank failed and has said why; exit without repeating it
         raise typer.Exit(exc.exit_code) from None
 

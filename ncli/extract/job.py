@@ -41,6 +41,7 @@ class Job:
     bias: np.ndarray | None
     class_names: list | None
     attrs: dict
+    owns_sources: bool = True  # False when the caller opened the data for several checkpoints
 
     @property
     def extractor(self):
@@ -54,7 +55,8 @@ class Job:
         try:
             self.prepared.extractor.close()
         finally:
-            close_sources(self.sources)
+            if self.owns_sources:
+                close_sources(self.sources)
 
 
 def close_sources(sources) -> None:
@@ -64,9 +66,22 @@ def close_sources(sources) -> None:
             close()
 
 
-def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = True) -> Job:
+def open_data(data, options: ExtractOptions) -> list:
+    """The --data items (``SPLIT=SOURCE`` or ``SOURCE``, or a dict split -> source) opened as sources."""
+    if isinstance(data, dict):
+        data = [f"{k}={v}" for k, v in data.items()]
+    return open_sources(
+        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
+        layout=options.layout, channels=options.channels, allow_external=options.allow_external,
+    )
+
+
+def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = True, sources: list | None = None,
+          data_notes: bool = True) -> Job:
     """Checks, sources, model and classifier discovery: everything before the loop. Checks the
-    output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun)."""
+    output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun).
+    ``sources``: data already opened by :func:`open_data` (shared by several checkpoints; the
+    caller closes them), else ``data`` is opened here. ``data_notes``: also print the data's notes."""
     out = check_output_path(output, options.force)  # before any work
     if same_file(out, checkpoint):
         raise UsageError(f"{out}: the output would replace the checkpoint itself")
@@ -74,12 +89,9 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         raise UsageError(f"--batch-size {options.batch_size}: must be at least 1")
     if options.num_workers < 0:
         raise UsageError(f"--num-workers {options.num_workers}: must be 0 or more")
-    if isinstance(data, dict):
-        data = [f"{k}={v}" for k, v in data.items()]
-    sources = open_sources(
-        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
-        layout=options.layout, channels=options.channels, allow_external=options.allow_external,
-    )
+    owns_sources = sources is None
+    if owns_sources:
+        sources = open_data(data, options)
     extractor = None
     try:
         for source in sources:
@@ -108,7 +120,7 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         if num_classes < 1:
             raise InputError(f"{checkpoint}: the classifier has no outputs")
         sources = rows_for(extractor, sources)
-        if verbose:
+        if verbose and data_notes:
             for source in sources:
                 for text in getattr(source, "notes", ()):
                     note(text)
@@ -135,11 +147,13 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
             out=out, checkpoint=checkpoint, options=options, sources=sources, device=device, prepared=prepared,
             autocast=autocast_context, batch_size=batch_size, num_classes=num_classes, feature_dim=extractor.feature_dim,
             weight=W.cpu().numpy(), bias=None if b is None else b.cpu().numpy(), class_names=class_names, attrs=attrs,
+            owns_sources=owns_sources,
         )
     except BaseException:
         if extractor is not None:
             extractor.close()
-        close_sources(sources)
+        if owns_sources:
+            close_sources(sources)
         raise
 
 
