@@ -91,8 +91,10 @@ def extract(
         help="For --layer outputs: none (flatten); avg or max over the dims after C of (N, C, ...), or over the tokens of "
         "(N, L, D) in transformers; mean (over the attention mask), cls or last token of (N, L, D).",
     ),
-    x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in array files ('{split}' is replaced by the split name)."),
-    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' is replaced by the split name)."),
+    x_key: Optional[str] = typer.Option(
+        None, "--x-key", help="Inputs dataset in array files; '{split}' is replaced by the split name, and a bare --data FILE then takes every split it holds (--x-key 'X_{split}')."
+    ),
+    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' as for --x-key, e.g. 'y_{split}')."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Images (folders and arrays): resize the shorter side and center-crop to this size."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Images (folders and arrays): imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,..."),
     layout: Layout = typer.Option(Layout.auto, "--layout", help="Image arrays: channel layout; auto tells NHWC from NCHW for uint8 (N, H, W, C) arrays."),
