@@ -46,10 +46,11 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
 
     sources = open_data(data, options)
     written: list[Path] = []
+    said: set[str] = set()  # notes said once per run
     try:
         for checkpoint, out in zip(checkpoints, outs):
             try:
-                written.append(_extract_one(checkpoint, out, sources, options, first=not written))
+                written.append(_extract_one(checkpoint, out, sources, options, first=not written, said=said, several=len(outs) > 1))
             except BaseException:
                 report_partial(written, outs, checkpoint)
                 raise
@@ -58,15 +59,18 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
     return written
 
 
-def _extract_one(checkpoint, out: Path, sources: list, options: ExtractOptions, *, first: bool) -> Path:
+def _extract_one(checkpoint, out: Path, sources: list, options: ExtractOptions, *, first: bool, said: set, several: bool) -> Path:
     from ncli.extract.devices import device_note
-    from ncli.extract.job import setup
+    from ncli.extract.job import say_inferred_epoch, setup
     from ncli.extract.loop import summary, write_rows
 
     job = setup(checkpoint, out, None, options, verbose=True, sources=sources, data_notes=first)
     try:
         if options.progress and first:
             device_note(options.device, job.device)
+        if job.attrs.get("epoch_source") and "epoch" not in said:
+            say_inferred_epoch(job, several)
+            said.add("epoch")
         if options.stats_only:
             from ncli.extract.stats_only import collect
 

@@ -246,7 +246,7 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
 
     from ncli.extract import loop  # loop.write_rows looked up at the call (tests/dist_fault.py wraps it)
     from ncli.extract.devices import device_note
-    from ncli.extract.job import setup
+    from ncli.extract.job import say_inferred_epoch, setup
 
     group = _Group(world)
     lead = world.rank == 0
@@ -271,6 +271,8 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
             job = setup(checkpoint, output, data, rank_options, verbose=lead)
             if lead and options.progress:
                 device_note(options.device, job.device)
+            if lead and job.attrs.get("epoch_source"):
+                say_inferred_epoch(job, several=False)
         except BaseException as exc:
             err = exc
         group.agree("setup", err)

@@ -20,6 +20,7 @@ from ncli.extract.devices import autocast, resolve_device
 from ncli.extract.inputs import to_device
 from ncli.extract.model import Prepared, prepare
 from ncli.extract.options import ExtractOptions
+from ncli.features.epochs import FROM_FILE_NAME, epoch_from_name
 from ncli.outputs import check_output_path, same_file
 
 DISCOVERY_ROWS = 8  # rows of the first split run once to find the classifier
@@ -186,8 +187,14 @@ def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources
     if verbose and step is not None and ckpt.step is not None and step != ckpt.step:
         note(f"--step {step} overrides the checkpoint's step {ckpt.step}")
     layers = options.layers
+    epoch = epoch if epoch is not None else ckpt.epoch
+    epoch_source = None
+    if epoch is None:  # neither --epoch nor stored: a number in the checkpoint's name (ckpt_20.pth)
+        epoch = epoch_from_name(checkpoint)
+        epoch_source = FROM_FILE_NAME if epoch is not None else None
     attrs = {
-        "epoch": epoch if epoch is not None else ckpt.epoch,
+        "epoch": epoch,
+        "epoch_source": epoch_source,
         "step": step if step is not None else ckpt.step,
         "feature_layer": extractor.classifier,
         "source_checkpoint": str(checkpoint),
@@ -216,3 +223,12 @@ def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources
     attrs.update({k: v for k, v in ckpt.details.items() if isinstance(v, (str, int, float))})
     attrs.update(extractor.extra_attrs())
     return {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+
+
+def say_inferred_epoch(job: Job, several: bool) -> None:
+    """The note for an epoch read from the checkpoint's name (once per run)."""
+    likewise = "; likewise for the other checkpoints that store none" if several else ""
+    note(
+        f"{job.checkpoint}: no epoch stored; epoch {job.attrs['epoch']} taken from the file name (recorded as "
+        f"epoch_source = '{FROM_FILE_NAME}'; --epoch N sets it){likewise}"
+    )
