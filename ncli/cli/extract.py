@@ -106,7 +106,7 @@ def extract(
         help="auto (cuda if available, else mps, else cpu; says which), cpu, cuda, cuda:INDEX or mps. Under torchrun, "
         "cuda means each process's cuda:LOCAL_RANK.",
     ),
-    amp: bool = typer.Option(False, "--amp", help="Run under autocast (float16 on GPU, bfloat16 on CPU); recorded in the file."),
+    amp: bool = typer.Option(False, "--amp", help="Run under autocast: float16 on a GPU (CUDA, MPS), bfloat16 on the CPU; recorded in the file."),
     compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
