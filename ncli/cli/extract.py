@@ -57,7 +57,7 @@ _ARCH_HELP = (
 @command()
 def extract(
     checkpoints: List[Path] = typer.Argument(
-        ..., metavar="CHECKPOINT...",
+        ..., metavar="CHECKPOINT",
         help="Checkpoint files or Hugging Face model folders (their form is detected from their content); several need -o FOLDER/.",
         show_default=False,
     ),
@@ -123,7 +123,7 @@ def extract(
         None, "--global-mean", help="With --stats-only: mu_G = mean of class means ('class', default) or of all samples ('sample')."
     ),
 ) -> None:
-    """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
+    """Run a checkpoint (or several, one file each) over data and write penultimate features, labels, logits and the classifier.
 
     The classifier is the nn.Linear whose output is what the model returns (found with forward hooks on one batch); its input is stored as the features, and features·Wᵀ + b is checked against the logits (the max error is stored in the file). Rows keep the source's order (/SPLIT/index). The file appears at OUTPUT only when complete; an existing OUTPUT needs --force; Ctrl-C leaves nothing behind.
 

@@ -40,7 +40,7 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
         return extract_distributed(world, checkpoints, output, data, options)
     outs, new_folder = plan_outputs(checkpoints, output, options.force)
     if new_folder is not None:
-        create_folder(new_folder, say=options.progress)
+        create_folder(new_folder, say=True)
 
     from ncli.extract.job import close_sources, open_data
 

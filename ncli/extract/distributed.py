@@ -232,7 +232,7 @@ def _planned_outputs(world: World, checkpoints, output, options: ExtractOptions)
     try:
         outs, new_folder = plan_outputs(checkpoints, output, options.force)
         if new_folder is not None:
-            create_folder(new_folder, say=options.progress and world.rank == 0)
+            create_folder(new_folder, say=world.rank == 0)
     except BaseException as exc:
         error = exc
     _Group(world).agree("output check", error)
