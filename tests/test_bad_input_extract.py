@@ -304,7 +304,7 @@ EXTRACT_CASES = {
     "nothing after =": (lambda w: w.args(data="train="), 2, "nothing after '='"),
     # --- the output
     "missing output folder": (lambda w: w.args(out=w.root / "no" / "out.h5"), 3, "output folder"),
-    "output is a directory": (lambda w: w.args(out=w.root), 3, "is a directory"),
+    "output is a file where a folder is meant": (lambda w: w.args(out=str(w.file("f", b"x")) + "/"), 3, "is a file, not a folder"),
     "existing output without --force": (lambda w: (w.file("out.h5", b"precious"), w.args())[1], 4, "--force"),
     "output would replace the checkpoint": (lambda w: w.args(out=w.ck, extra=["--force"]), 2, "the checkpoint itself"),
     "output would replace the data": (lambda w: w.args(out=w.data, extra=["--force"]), 2, "the data file"),

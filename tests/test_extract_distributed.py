@@ -222,3 +222,25 @@ def test_torchrun_existing_output_is_refused_on_every_rank_before_any_work(tmp_p
     assert lines == [f"ncli: error: {out}: already exists; pass --force to replace it"], r.stderr  # said once
     assert "exitcode  : 4" in r.stderr
     assert out.read_bytes() == b"precious" and not _leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_several_checkpoints_into_a_folder_and_the_share_label(tmp_path):
+    checkpoints = [ROOT / "fixtures" / "checkpoints" / f"mlp_epoch{e:04d}.pt" for e in (1, 3)]
+    common = ["--arch", MLP, "--data", DIGITS, "--device", "cpu"]
+    ok(invoke("extract", *checkpoints, *common, "-o", f"{tmp_path}/single/", "-q"))
+    r = _torchrun("extract", *checkpoints, *common, "-o", f"{tmp_path}/dist/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = _ncli_lines(r.stderr)
+    assert lines.count(f"ncli: note: created the output folder {tmp_path}/dist/") == 1, r.stderr  # rank 0 says it
+    assert sum("wrote" in ln for ln in lines) == 2, r.stderr
+    # rank 0's bar counts its own share of each split, and says so
+    lo, hi = share(1200, 256, 0, 2)  # digits: 1200 train rows, batches of 256 (the default)
+    assert "train (rank 0 of 2, its share)" in r.stderr and f"{hi - lo}/{hi - lo}" in r.stderr, r.stderr
+    for checkpoint in checkpoints:
+        a, _ = _datasets(tmp_path / "single" / f"{checkpoint.stem}.h5")
+        b, _ = _datasets(tmp_path / "dist" / f"{checkpoint.stem}.h5")
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert not _leftovers(tmp_path / "dist")

@@ -40,7 +40,7 @@ def compare(
         None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'neural-collapse-cli\\[plot]')."
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot file."),
-    order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),
+    order: Order = typer.Option(Order.epoch, "--order", help="epoch: by epoch (stored, else from the file name), then step, then the names in natural order; given: as given."),
     by: By = typer.Option(By.run, "--by", help="run: a column per run; layer: one file's stored layers side by side."),
     split: Optional[str] = typer.Option(
         None, "--split", "-s", help="For feature files: split whose class statistics define the metrics (default: train)."
@@ -60,7 +60,7 @@ def compare(
 ) -> None:
     """Compare runs: metric trends across checkpoints, as a table, JSON, CSV or the paper's figure.
 
-    Runs are ordered by the epoch stored in each file (then step, then the order given). The table has a row per metric, a column per run and a trend column (last/first ratio, with a sparkline on terminals). Records given as JSON lines are used as they are, not measured again.
+    Runs are ordered by the epoch stored in each file, else the number in its name (ckpt_20.h5: 20; said on stderr, recorded as epoch_source), then step, then the names in natural order (ep5 before ep20). The table has a row per metric, a column per run and a trend column (last/first ratio, with a sparkline on terminals). Records given as JSON lines are used as they are, not measured again.
 
     Examples:
 

@@ -56,8 +56,17 @@ _ARCH_HELP = (
 
 @command()
 def extract(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Feature file to write (HDF5, format 1); with --stats-only a statistics file.", show_default=False),
+    checkpoints: List[Path] = typer.Argument(
+        ..., metavar="CHECKPOINT",
+        help="Checkpoint files or Hugging Face model folders (their form is detected from their content); several need -o FOLDER/.",
+        show_default=False,
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", metavar="OUTPUT",
+        help="Feature file to write (HDF5, format 1; with --stats-only a statistics file), or FOLDER/ (a trailing slash or an "
+        "existing folder; created when missing) to write FOLDER/<checkpoint stem>.h5 for each checkpoint.",
+        show_default=False,
+    ),
     data: List[str] = typer.Option(
         ..., "--data", "-d",
         help="SPLIT=SOURCE, repeatable. SOURCE: .h5/.hdf5/.npz with x,y (or x_SPLIT,y_SPLIT), or inputs named for the "
@@ -82,8 +91,10 @@ def extract(
         help="For --layer outputs: none (flatten); avg or max over the dims after C of (N, C, ...), or over the tokens of "
         "(N, L, D) in transformers; mean (over the attention mask), cls or last token of (N, L, D).",
     ),
-    x_key: Optional[str] = typer.Option(None, "--x-key", help="Inputs dataset in array files ('{split}' is replaced by the split name)."),
-    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' is replaced by the split name)."),
+    x_key: Optional[str] = typer.Option(
+        None, "--x-key", help="Inputs dataset in array files; '{split}' is replaced by the split name, and a bare --data FILE then takes every split it holds (--x-key 'X_{split}')."
+    ),
+    y_key: Optional[str] = typer.Option(None, "--y-key", help="Labels dataset in array files ('{split}' as for --x-key, e.g. 'y_{split}')."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Images (folders and arrays): resize the shorter side and center-crop to this size."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Images (folders and arrays): imagenet, cifar10, cifar100, mnist, none, or MEAN,..:STD,..."),
     layout: Layout = typer.Option(Layout.auto, "--layout", help="Image arrays: channel layout; auto tells NHWC from NCHW for uint8 (N, H, W, C) arrays."),
@@ -95,7 +106,7 @@ def extract(
         help="auto (cuda if available, else mps, else cpu; says which), cpu, cuda, cuda:INDEX or mps. Under torchrun, "
         "cuda means each process's cuda:LOCAL_RANK.",
     ),
-    amp: bool = typer.Option(False, "--amp", help="Run under autocast (float16 on GPU, bfloat16 on CPU); recorded in the file."),
+    amp: bool = typer.Option(False, "--amp", help="Run under autocast: float16 on a GPU (CUDA, MPS), bfloat16 on the CPU; recorded in the file."),
     compression: Compression = typer.Option(Compression.none, "--compression", help="HDF5 compression of the datasets."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUTPUT if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -112,15 +123,19 @@ def extract(
         None, "--global-mean", help="With --stats-only: mu_G = mean of class means ('class', default) or of all samples ('sample')."
     ),
 ) -> None:
-    """Run a checkpoint over data and write penultimate features, labels, logits and the classifier.
+    """Run a checkpoint (or several, one file each) over data and write penultimate features, labels, logits and the classifier.
 
     The classifier is the nn.Linear whose output is what the model returns (found with forward hooks on one batch); its input is stored as the features, and features·Wᵀ + b is checked against the logits (the max error is stored in the file). Rows keep the source's order (/SPLIT/index). The file appears at OUTPUT only when complete; an existing OUTPUT needs --force; Ctrl-C leaves nothing behind.
 
     Checkpoint forms (detected from the content): a state_dict, plain or nested (state_dict, model, net; DataParallel 'module.', torch.compile '_orig_mod.' and Lightning 'model.' prefixes are handled), or .safetensors, with --arch; a TorchScript archive (hooks do not run in TorchScript, so the classifier's input is captured exactly by running the archive with that layer's weight set to the identity; --layer needs --arch); a torch.export .pt2 program; a Hugging Face save_pretrained folder (built by transformers from its config.json; a causal language model gives one row per predicted token, labelled with the next token); a whole pickled model, only with --trust-checkpoint.
 
+    Several checkpoints: ncli extract ckpts/*.pth ... -o runs/ writes runs/<checkpoint stem>.h5 for each, loading torch and opening the data once. Every output is checked before the first checkpoint runs (existing ones need --force); the first failure stops the run: the files already written stay, nothing of the failing one is left, and a note says which were written.
+
     Examples:
 
       ncli extract fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o mlp300.h5
+
+      ncli extract fixtures/checkpoints/mlp_epoch*.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o runs/
 
       ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg -o feats.h5
 
@@ -132,7 +147,7 @@ def extract(
     """
 
     require_torch("extract")
-    from ncli.extract.api import extract as run_extract
+    from ncli.extract.api import extract_many
     from ncli.extract.arch import parse_arch_args
     from ncli.extract.distributed import PeerFailed
     from ncli.extract.options import ExtractOptions
@@ -145,7 +160,7 @@ def extract(
         stats_only=stats_only, stats_split=split, global_mean=global_mean.value if global_mean is not None else None,
     )
     try:
-        run_extract(checkpoint, output, data, options)
+        extract_many(checkpoints, output, data, options)
     except PeerFailed as exc:  # torchrun: another rank failed and has said why; exit without repeating it
         raise typer.Exit(exc.exit_code) from None
 

@@ -72,7 +72,10 @@ def csv_rows(records: list[dict]) -> list[dict]:
     split's when there is no test)."""
     rows = []
     for rec in records:
-        base = {"run": rec["file"], "epoch": rec.get("epoch"), "step": rec.get("step"), "layer": rec.get("layer")}
+        base = {
+            "run": rec["file"], "epoch": rec.get("epoch"), "epoch_source": rec.get("epoch_source"), "step": rec.get("step"),
+            "layer": rec.get("layer"),
+        }
         train = rec.get("train_split", "train")
         for k, v in rec["metrics"].items():
             if k in HEADLINE_METRICS:
@@ -85,10 +88,19 @@ def csv_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def csv_columns(records: list[dict]) -> tuple[str, ...]:
+    """CSV_COLUMNS, with ``epoch_source`` after ``epoch`` when an epoch was read from a file name."""
+    if not any(rec.get("epoch_source") for rec in records):
+        return CSV_COLUMNS
+    at = CSV_COLUMNS.index("epoch") + 1
+    return (*CSV_COLUMNS[:at], "epoch_source", *CSV_COLUMNS[at:])
+
+
 def compare_csv(records: list[dict]) -> str:
+    columns = csv_columns(records)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in csv_rows(records):
-        writer.writerow({k: ("" if row[k] is None else _csv_value(row[k])) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row[k] is None else _csv_value(row[k])) for k in columns})
     return buf.getvalue()

@@ -3,7 +3,8 @@
 they are; nothing is measured again), or from those lines on stdin (``-``); their order and
 their grouping by file.
 
-``by="run"``: one column per run, ordered by the stored epoch, then step, then the order given.
+``by="run"``: one column per run, ordered by the epoch (stored, else the number a file name
+tells: ``ckpt_20.h5``), then step, then the file names in natural order, then the order given.
 ``by="layer"``: the runs of one file's layers side by side (the progressive-collapse view),
 one group per file, groups ordered as runs are.
 
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import IO, Iterable
 
 from ncli.compare import SCHEMA
+from ncli.console import note
 from ncli.errors import InputError, UsageError
+from ncli.features.epochs import FROM_FILE_NAME, epoch_from_name, natural_key
 from ncli.features.schema import HDF5_SIGNATURE
 from ncli.measure.record import validate_record
 
@@ -213,16 +216,51 @@ def load_runs(inputs: Iterable[str], opts: LoadOptions | None = None, stdin: IO 
             _check_options(records, source, opts)
         for rec in records:
             runs.append(Run(rec, source, len(runs)))
+    _epochs_from_names(runs)
     return runs
+
+
+def with_epoch_from_name(rec: dict) -> dict | None:
+    """``rec`` with the epoch its file name tells (``epoch_source: "file name"`` after
+    ``epoch``), or None when it stores one or the name tells none."""
+    if rec.get("epoch") is not None:
+        return None
+    epoch = epoch_from_name(rec["file"])
+    if epoch is None:
+        return None
+    out: dict = {}
+    for key, value in rec.items():
+        out[key] = epoch if key == "epoch" else value
+        if key == "epoch":
+            out["epoch_source"] = FROM_FILE_NAME
+    if "epoch" not in out:
+        out.update(epoch=epoch, epoch_source=FROM_FILE_NAME)
+    return out
+
+
+def _epochs_from_names(runs: list[Run]) -> None:
+    """Runs that store no epoch take the one their file name tells (one note on stderr)."""
+    inferred = []
+    for run in runs:
+        rec = with_epoch_from_name(run.record)
+        if rec is not None:
+            run.record = rec
+            inferred.append(run)
+    if inferred:
+        shown = ", ".join(f"{run.record['file']}: {run.record['epoch']}" for run in inferred[:3])
+        more = f", ... ({len(inferred)} runs)" if len(inferred) > 3 else ""
+        note(f"no epoch stored; taken from the file names ({shown}{more}); their rows say epoch_source '{FROM_FILE_NAME}'")
 
 
 def _position_key(rec: dict) -> tuple:
     epoch, step = rec.get("epoch"), rec.get("step")
-    return (epoch is None, epoch if epoch is not None else 0, step is None, step if step is not None else 0)
+    return (epoch is None, epoch if epoch is not None else 0, step is None, step if step is not None else 0,
+            natural_key(rec["file"]))
 
 
 def order_runs(runs: list[Run], order: str = "epoch") -> list[Run]:
-    """``epoch``: by stored epoch, then step, then the order given (runs without an epoch
+    """``epoch``: by epoch (stored, else read from the file name), then step, then the file
+    names in natural order (ep5 before ep20), then the order given (runs without an epoch
     last). ``given``: as given."""
     if order == "given":
         return list(runs)

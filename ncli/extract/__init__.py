@@ -5,6 +5,8 @@ submodules below do, and the command line imports them inside its command functi
 
   options       ExtractOptions: every extract option, in one object
   api           extract(checkpoint, output, data, options): in this process, or one torchrun rank
+                extract_many(checkpoints, output, ...): several checkpoints, the data opened once
+  targets       -o FILE or -o FOLDER/: each checkpoint's output, all checked before any work
   forms/        checkpoint forms (detect from content, load, make the extractor); sandbox, key alignment
   arch          --arch resolution (file.py:Name, pkg.module:Name, torchvision:NAME, timm:NAME)
   model         prepare(): checkpoint + --arch model -> extractor (no forward pass)

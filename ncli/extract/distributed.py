@@ -41,6 +41,7 @@ from pathlib import Path
 from ncli.errors import EnvironmentProblem, NcliError, UsageError
 from ncli.extract.options import ExtractOptions
 from ncli.extract.shards import assemble, remove_shards, shard_path, share
+from ncli.extract.targets import create_folder, plan_outputs, report_partial
 
 DEFAULT_TIMEOUT_S = 4 * 3600  # how long a rank waits for the others at a sync point
 
@@ -171,9 +172,11 @@ def _rank_device(spec: str | None, world: World) -> str:
     return s
 
 
-def extract_distributed(world: World, checkpoint, output, data, options: ExtractOptions) -> Path:
-    """Join (or reuse, when the caller already initialised one) the process group and run the
-    three phases; see the module docstring."""
+def extract_distributed(world: World, checkpoints, output, data, options: ExtractOptions) -> list[Path]:
+    """Join (or reuse, when the caller already initialised one) the process group, check every
+    output (``-o FILE`` or ``-o FOLDER/``, as ``ncli.extract.targets`` plans them) and run the
+    three phases for each checkpoint in turn; see the module docstring. The first failure stops
+    the run (outputs already assembled stay)."""
     import threading
 
     import torch
@@ -202,8 +205,17 @@ def extract_distributed(world: World, checkpoint, output, data, options: Extract
             )
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    written: list[Path] = []
     try:
-        return _run(world, backend, checkpoint, output, data, options)
+        outs = _planned_outputs(world, checkpoints, output, options)
+        for checkpoint, out in zip(checkpoints, outs):
+            try:
+                written.append(_run(world, backend, checkpoint, out, data, options))
+            except BaseException:
+                if world.rank == 0:
+                    report_partial(written, outs, checkpoint)
+                raise
+        return written
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
@@ -214,6 +226,19 @@ def extract_distributed(world: World, checkpoint, output, data, options: Extract
                 pass
 
 
+def _planned_outputs(world: World, checkpoints, output, options: ExtractOptions) -> list[Path]:
+    """Every rank checks the outputs (and creates a new output folder); the ranks agree."""
+    error, outs = None, []
+    try:
+        outs, new_folder = plan_outputs(checkpoints, output, options.force)
+        if new_folder is not None:
+            create_folder(new_folder, say=world.rank == 0)
+    except BaseException as exc:
+        error = exc
+    _Group(world).agree("output check", error)
+    return outs
+
+
 def _run(world: World, backend: str, checkpoint, output, data, options: ExtractOptions) -> Path:
     from dataclasses import replace
 
@@ -221,7 +246,7 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
 
     from ncli.extract import loop  # loop.write_rows looked up at the call (tests/dist_fault.py wraps it)
     from ncli.extract.devices import device_note
-    from ncli.extract.job import setup
+    from ncli.extract.job import say_inferred_epoch, setup
 
     group = _Group(world)
     lead = world.rank == 0
@@ -246,6 +271,8 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
             job = setup(checkpoint, output, data, rank_options, verbose=lead)
             if lead and options.progress:
                 device_note(options.device, job.device)
+            if lead and job.attrs.get("epoch_source"):
+                say_inferred_epoch(job, several=False)
         except BaseException as exc:
             err = exc
         group.agree("setup", err)
@@ -268,7 +295,7 @@ def _run(world: World, backend: str, checkpoint, output, data, options: ExtractO
                     "ncli_shard_run": run_id, "ncli_shard_rank": world.rank, "ncli_shard_world_size": k,
                     "ncli_shard_rows": json.dumps(ranges, sort_keys=True),
                 },
-                progress_label=f" (rank 0 of {k})" if k > 1 else "",
+                progress_label=loop.share_label(k),
             )
             err = None
         except BaseException as exc:

@@ -20,6 +20,7 @@ from ncli.extract.devices import autocast, resolve_device
 from ncli.extract.inputs import to_device
 from ncli.extract.model import Prepared, prepare
 from ncli.extract.options import ExtractOptions
+from ncli.features.epochs import FROM_FILE_NAME, epoch_from_name
 from ncli.outputs import check_output_path, same_file
 
 DISCOVERY_ROWS = 8  # rows of the first split run once to find the classifier
@@ -41,6 +42,7 @@ class Job:
     bias: np.ndarray | None
     class_names: list | None
     attrs: dict
+    owns_sources: bool = True  # False when the caller opened the data for several checkpoints
 
     @property
     def extractor(self):
@@ -54,7 +56,8 @@ class Job:
         try:
             self.prepared.extractor.close()
         finally:
-            close_sources(self.sources)
+            if self.owns_sources:
+                close_sources(self.sources)
 
 
 def close_sources(sources) -> None:
@@ -64,9 +67,22 @@ def close_sources(sources) -> None:
             close()
 
 
-def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = True) -> Job:
+def open_data(data, options: ExtractOptions) -> list:
+    """The --data items (``SPLIT=SOURCE`` or ``SOURCE``, or a dict split -> source) opened as sources."""
+    if isinstance(data, dict):
+        data = [f"{k}={v}" for k, v in data.items()]
+    return open_sources(
+        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
+        layout=options.layout, channels=options.channels, allow_external=options.allow_external,
+    )
+
+
+def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = True, sources: list | None = None,
+          data_notes: bool = True) -> Job:
     """Checks, sources, model and classifier discovery: everything before the loop. Checks the
-    output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun)."""
+    output path first (before any work). ``verbose``: print notes (rank 0 only under torchrun).
+    ``sources``: data already opened by :func:`open_data` (shared by several checkpoints; the
+    caller closes them), else ``data`` is opened here. ``data_notes``: also print the data's notes."""
     out = check_output_path(output, options.force)  # before any work
     if same_file(out, checkpoint):
         raise UsageError(f"{out}: the output would replace the checkpoint itself")
@@ -74,12 +90,9 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         raise UsageError(f"--batch-size {options.batch_size}: must be at least 1")
     if options.num_workers < 0:
         raise UsageError(f"--num-workers {options.num_workers}: must be 0 or more")
-    if isinstance(data, dict):
-        data = [f"{k}={v}" for k, v in data.items()]
-    sources = open_sources(
-        list(data), x_key=options.x_key, y_key=options.y_key, image_size=options.image_size, normalize=options.normalize,
-        layout=options.layout, channels=options.channels, allow_external=options.allow_external,
-    )
+    owns_sources = sources is None
+    if owns_sources:
+        sources = open_data(data, options)
     extractor = None
     try:
         for source in sources:
@@ -108,7 +121,7 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
         if num_classes < 1:
             raise InputError(f"{checkpoint}: the classifier has no outputs")
         sources = rows_for(extractor, sources)
-        if verbose:
+        if verbose and data_notes:
             for source in sources:
                 for text in getattr(source, "notes", ()):
                     note(text)
@@ -135,11 +148,13 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
             out=out, checkpoint=checkpoint, options=options, sources=sources, device=device, prepared=prepared,
             autocast=autocast_context, batch_size=batch_size, num_classes=num_classes, feature_dim=extractor.feature_dim,
             weight=W.cpu().numpy(), bias=None if b is None else b.cpu().numpy(), class_names=class_names, attrs=attrs,
+            owns_sources=owns_sources,
         )
     except BaseException:
         if extractor is not None:
             extractor.close()
-        close_sources(sources)
+        if owns_sources:
+            close_sources(sources)
         raise
 
 
@@ -172,8 +187,14 @@ def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources
     if verbose and step is not None and ckpt.step is not None and step != ckpt.step:
         note(f"--step {step} overrides the checkpoint's step {ckpt.step}")
     layers = options.layers
+    epoch = epoch if epoch is not None else ckpt.epoch
+    epoch_source = None
+    if epoch is None:  # neither --epoch nor stored: a number in the checkpoint's name (ckpt_20.pth)
+        epoch = epoch_from_name(checkpoint)
+        epoch_source = FROM_FILE_NAME if epoch is not None else None
     attrs = {
-        "epoch": epoch if epoch is not None else ckpt.epoch,
+        "epoch": epoch,
+        "epoch_source": epoch_source,
         "step": step if step is not None else ckpt.step,
         "feature_layer": extractor.classifier,
         "source_checkpoint": str(checkpoint),
@@ -202,3 +223,12 @@ def _provenance(checkpoint, options: ExtractOptions, prepared: Prepared, sources
     attrs.update({k: v for k, v in ckpt.details.items() if isinstance(v, (str, int, float))})
     attrs.update(extractor.extra_attrs())
     return {k: (str(v) if isinstance(v, str) else v) for k, v in attrs.items()}
+
+
+def say_inferred_epoch(job: Job, several: bool) -> None:
+    """The note for an epoch read from the checkpoint's name (once per run)."""
+    likewise = "; likewise for the other checkpoints that store none" if several else ""
+    note(
+        f"{job.checkpoint}: no epoch stored; epoch {job.attrs['epoch']} taken from the file name (recorded as "
+        f"epoch_source = '{FROM_FILE_NAME}'; --epoch N sets it){likewise}"
+    )

@@ -49,6 +49,11 @@ def progress_bar(enabled: bool):
     )
 
 
+def share_label(world_size: int) -> str:
+    """What rank 0's progress bar counts under torchrun: its own share of each split's rows."""
+    return f" (rank 0 of {world_size}, its share)" if world_size > 1 else ""
+
+
 def check_labels(source, batch, num_classes: int) -> None:
     """A label outside the model's classes is an error naming the source and the row."""
     labels = batch.labels

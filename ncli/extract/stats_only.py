@@ -43,7 +43,7 @@ def collect(job, *, progress: bool, world=None, agree: Callable | None = None) -
     where ``world`` and ``agree(phase, error)`` come from :mod:`ncli.extract.distributed`).
     Returns (rows evaluated in pass 2, by all processes; seconds)."""
     from ncli.extract.interrupt import InterruptGuard
-    from ncli.extract.loop import progress_bar
+    from ncli.extract.loop import progress_bar, share_label
     from ncli.extract.shards import share
 
     options = job.options
@@ -69,7 +69,7 @@ def collect(job, *, progress: bool, world=None, agree: Callable | None = None) -
     made: list = []
     step("statistics setup", lambda: made.append(_accumulator(job, train_split, sources, world)))
     acc = made[0]
-    label = f" (rank 0 of {world.world_size})" if world is not None else ""
+    label = share_label(world.world_size) if world is not None else ""
 
     bar_context = progress_bar(progress)
     t0 = time.perf_counter()

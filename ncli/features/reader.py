@@ -133,6 +133,7 @@ class FeatureFile:
         self.num_classes = C
         self.epoch = attr_int(attrs.get("epoch"))
         self.step = attr_int(attrs.get("step"))
+        self.epoch_source = attr_str(attrs.get("epoch_source"))  # "file name" when ncli extract inferred it
         self.feature_layer = attr_str(attrs.get("feature_layer"))
 
         local = self._local

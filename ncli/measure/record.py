@@ -135,12 +135,10 @@ def measure_file(
                 backend.class_sums(unlabelled(file_blocks(ff, ood, chunk_rows, layer)), ood_stats)
             if ood_stats.counts[0] == 0:
                 raise InputError(f"{path}: --ood split {ood!r} has no samples")
-        source = {
-            "file": str(path),
-            "epoch": ff.epoch,
-            "step": ff.step,
-            "layer": layer if layer is not None else ff.feature_layer,
-        }
+        source = {"file": str(path), "epoch": ff.epoch}
+        if ff.epoch is not None and ff.epoch_source is not None:  # the epoch was read from a name, not stored
+            source["epoch_source"] = ff.epoch_source
+        source.update(step=ff.step, layer=layer if layer is not None else ff.feature_layer)
         if layer is not None and layer in info.layer_depths:  # its place in the forward pass
             source["layer_depth"] = info.layer_depths[layer]
     return build_record(
@@ -251,7 +249,7 @@ def validate_record(obj, where: str) -> dict:
             raise InputError(f"{where}: measure record: {key!r} must be an integer (int64) or null, not {_shown(obj.get(key))}")
     if not _is_int_or_none(obj.get("layer_depth")):
         raise InputError(f"{where}: measure record: 'layer_depth' must be an integer (int64) or null, not {_shown(obj.get('layer_depth'))}")
-    for key in ("layer", "train_split", "global_mean"):
+    for key in ("layer", "train_split", "global_mean", "epoch_source"):
         if not (obj.get(key) is None or isinstance(obj.get(key), str)):
             raise InputError(f"{where}: measure record: {key!r} must be a string or null, not {_shown(obj.get(key))}")
     for key in ("classes_measured", "min_per_class"):

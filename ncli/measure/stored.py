@@ -176,8 +176,11 @@ def record_inputs(
     if global_mean == stored.global_mean:
         _check_projection(path, content, model)
     layer_name = stored.attrs.get("feature_layer")
-    source = {"file": str(path), "epoch": _int_or_none(stored.attrs.get("epoch")),
-              "step": _int_or_none(stored.attrs.get("step")), "layer": layer_name if isinstance(layer_name, str) else None}
+    source = {"file": str(path), "epoch": _int_or_none(stored.attrs.get("epoch"))}
+    epoch_source = stored.attrs.get("epoch_source")
+    if source["epoch"] is not None and isinstance(epoch_source, str):  # the epoch was read from a name, not stored
+        source["epoch_source"] = epoch_source
+    source.update(step=_int_or_none(stored.attrs.get("step")), layer=layer_name if isinstance(layer_name, str) else None)
     return dict(source=source, model=model, class_stats=content.class_stats[train],
                 results=ordered_results(content.results, train), train_split=train, class_names=stored.class_names)
 

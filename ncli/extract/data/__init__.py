@@ -4,7 +4,8 @@ in its source is stored as ``/<split>/index``.
 SOURCE forms:
   FILE.h5 / .hdf5 / .npz   inputs and integer labels: datasets ``x``, ``y``; else
                            ``x_<split>``, ``y_<split>``; or ``--x-key/--y-key`` (``{split}`` in a
-                           key is replaced by the split name). Or inputs named after the model's
+                           key is replaced by the split name; with a bare FILE such a pattern
+                           takes every split the file holds). Or inputs named after the model's
                            forward arguments (``input_ids``, ``attention_mask``, ``pixel_values``,
                            ..., as NAME or NAME_<split>), all passed by name, labels ``y`` or
                            ``labels`` (none for a causal LM). HDF5 is read batch by batch; an
@@ -40,6 +41,7 @@ from ncli.errors import InputError, UsageError
 from ncli.extract.data.arrays import ArraySource, file_kind, h5_names, npz_names, splits_in
 from ncli.features.schema import split_name_problem
 from ncli.extract.data.batch import BatchOut
+from ncli.extract.data.keys import case_pattern_hint, fill, is_pattern, pattern_splits
 from ncli.extract.data.images import TorchDatasetSource, folder_classes, parse_normalize, split_folders
 from ncli.extract.data.pixels import ImageOptions
 
@@ -89,25 +91,28 @@ def open_sources(
             ]
         else:
             path = Path(text)
-            if split is None and path.is_file() and not (x_key or y_key) and file_kind(path) != "?":
+            patterned = is_pattern(x_key) or is_pattern(y_key)  # 'X_{split}': every split the file holds
+            if split is None and path.is_file() and (patterned or not (x_key or y_key)) and file_kind(path) != "?":
                 try:
                     names = h5_names(path) if file_kind(path) == "h5" else npz_names(path)
                 except Exception as exc:  # truncated or damaged
                     raise InputError(f"--data {text}: cannot read ({type(exc).__name__}: {exc})") from None
-                splits = splits_in(names)
+                splits = pattern_splits(names, x_key, y_key) if patterned else splits_in(names)
                 if not splits:
-                    raise InputError(
+                    raise InputError(_no_splits(text, names, x_key, y_key) if patterned else (
                         f"--data {text}: no x/y or x_<split>/y_<split> datasets, nor inputs named for the model "
-                        f"(input_ids, ...) (the file has: {', '.join(names[:20])})"
-                    )
+                        f"(input_ids, ...) (the file has: {', '.join(names[:20])}); "
+                        + (case_pattern_hint(names) or "name them with --x-key/--y-key (e.g. --x-key 'X_{split}' --y-key 'y_{split}')")
+                    ))
                 for name in splits:
                     problem = split_name_problem(name)
                     if problem is not None:
+                        xs, ys = (fill(x_key or "x", name), fill(y_key or "y", name)) if patterned else (f"x_{name}", f"y_{name}")
                         raise InputError(
-                            f"--data {text}: holds x_{name}/y_{name}, but a feature file cannot hold a split named {name!r} "
-                            f"({problem}); name it: --data NAME={text} --x-key x_{name} --y-key y_{name}"
+                            f"--data {text}: holds {xs}/{ys}, but a feature file cannot hold a split named {name!r} "
+                            f"({problem}); name it: --data NAME={text} --x-key {xs} --y-key {ys}"
                         )
-                opened = [ArraySource(name, text, images=images, allow_external=allow_external) for name in splits]
+                opened = [ArraySource(name, text, x_key, y_key, images=images, allow_external=allow_external) for name in splits]
             else:
                 opened = [ArraySource(split or "train", text, x_key, y_key, images=images, allow_external=allow_external)]
         for source in opened:
@@ -116,6 +121,18 @@ def open_sources(
             seen.add(source.split)
             sources.append(source)
     return sources
+
+
+def _no_splits(text: str, names, x_key: str | None, y_key: str | None) -> str:
+    """The error for a --data FILE in which the --x-key/--y-key patterns find no split."""
+    shown = ", ".join(names[:20]) or "nothing"
+    lowered = [name.lower() for name in names]
+    found = pattern_splits(lowered, (x_key or "x").lower(), (y_key or "y").lower())
+    hint = ""
+    if found:
+        wanted = {fill((key or default).lower(), found[0]) for key, default in ((x_key, "x"), (y_key, "y"))}
+        hint = f"; did you mean {', '.join(repr(n) for n in names if n.lower() in wanted)}? (names are case-sensitive)"
+    return f"--data {text}: no split has both --x-key {x_key or 'x'!r} and --y-key {y_key or 'y'!r} (the file has: {shown}){hint}"
 
 
 def _folder_items(split: str | None, text: str) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ import numpy as np
 from ncli.errors import InputError, UsageError
 from ncli.extract.archives import zip_problem
 from ncli.extract.data.batch import BatchOut, row_range
+from ncli.extract.data.keys import case_hint
 from ncli.extract.data.pixels import PixelTransform, is_image_array
 from ncli.features.schema import HDF5_SIGNATURE
 from ncli.features.storage import LocalFile
@@ -179,7 +180,7 @@ class ArraySource:
         for k, opt in ((xk, "--x-key"), (yk, "--y-key")):
             if k is not None and k not in names:
                 raise InputError(
-                    f"{where}: no dataset {k!r} (the file has: {', '.join(names[:20]) or 'nothing'}); "
+                    f"{where}: no dataset {k!r}{case_hint(k, names)} (the file has: {', '.join(names[:20]) or 'nothing'}); "
                     f"expected x/y or x_{split}/y_{split}, or name them with {opt}"
                 )
         self.x_key, self.y_key = xk, yk
