@@ -9,14 +9,14 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean, refuse_flag_values
 from ncli.console import note, warn
 from ncli.errors import NcliError
 
 
 @command()
 def measure(
-    files: List[Path] = typer.Argument(..., help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
     split: str = typer.Option(
         "train", "--split", "-s", help="Split whose class statistics define the metrics; all splits are evaluated."
     ),
@@ -74,6 +74,7 @@ def measure(
     from ncli.measure.record import list_layers, measure_file
     from ncli.measure.render import print_records, record_json
 
+    refuse_flag_values(files)
     backend = None
     if device != "cpu":
         from ncli.measure.engine_torch import TorchBackend
