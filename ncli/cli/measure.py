@@ -33,7 +33,8 @@ def measure(
         None,
         "--layer",
         help="Measure a stored intermediate layer (/<split>/layers/NAME) instead of the penultimate features; "
-        "'all' measures every stored layer. Classifier metrics are not available for layers.",
+        "'all' measures every stored layer, input to output, then the penultimate features. "
+        "Classifier metrics are not available for layers.",
     ),
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 16 MiB as float64). Results do not depend on it."
@@ -85,9 +86,10 @@ def measure(
             warn(f"{exc}; measuring on the CPU instead")
     if backend is None:
         backend = NumpyBackend(threads=threads)
-    records = []
+    records, measured_layers = [], []
     for f in files:
-        layers = list_layers(f, split, allow_external=allow_external) if layer == "all" else [layer]
+        # all: the stored layers, input -> output, then the penultimate features (as compare --by layer)
+        layers = [*list_layers(f, split, allow_external=allow_external), None] if layer == "all" else [layer]
         for name in layers:
             rec = measure_file(
                 f,
@@ -108,5 +110,6 @@ def measure(
                 sys.stdout.flush()
             else:
                 records.append(rec)
+                measured_layers.append(name)
     if not json_out:
-        print_records(records, per_class=per_class)
+        print_records(records, per_class=per_class, layers=measured_layers)
