@@ -70,3 +70,25 @@ def test_debug_keeps_usage_and_refusal_codes(tmp_path):
         assert runner.invoke(app, args).exit_code == code
         res = runner.invoke(app, ["--debug", *args])
         assert res.exit_code == code, res.output
+
+
+def _example_lines(doc: str) -> list[str]:
+    """The lines of a help text's examples: a command, or the continuation of one ending in \\."""
+    lines, continued = [], False
+    for line in doc.splitlines():
+        text = line.strip()
+        if text.startswith("ncli ") or (continued and text):
+            lines.append(text)
+        continued = text.endswith("\\")
+    return lines
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c], ids=lambda c: c[0])
+def test_help_examples_never_wrap_mid_command(command, columns):
+    (info,) = [c for c in app.registered_commands if c.callback.__name__ == command[0]]
+    examples = _example_lines(info.callback.__doc__)
+    assert examples, "every command's help shows an example"
+    shown = [line.strip() for line in _ncli([*command, "--help"], columns=columns).stdout.splitlines()]
+    for example in examples:
+        assert example in shown, f"{example!r} is wrapped at {columns} columns"

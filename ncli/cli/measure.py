@@ -64,12 +64,15 @@ def measure(
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4; GNC2, UNC3, NC5) of feature files.
 
-    Class statistics come from the train split (--split); every split in the file is evaluated
-    against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split.
-    Streams over the file in chunks with float64 accumulators, so memory does not grow with
-    the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
+    Class statistics come from the train split (--split; a file without one, e.g. test data only, needs --split NAME); every split in the file is evaluated against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split. The headline ncc_disagreement is the test split's when there is one. Streams over the file in chunks with float64 accumulators, so memory does not grow with the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
 
-    Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
+    On a terminal the tables fit its width: names wrap and columns of numbers continue in a further table; no number is cut.
+
+    Examples:
+
+      ncli measure fixtures/features/mlp_epoch0300.h5 --per-class
+
+      ncli measure fixtures/features/*.h5 --json
     """
     from ncli.measure.engine import NumpyBackend
     from ncli.measure.record import list_layers, measure_file
