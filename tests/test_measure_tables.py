@@ -159,3 +159,21 @@ def test_a_test_only_file_names_the_split_option(tmp_path, rng):
     )
     assert runner.invoke(app, ["measure", path, "--split", "test", "--json"]).exit_code == 0
     assert runner.invoke(app, ["measure", path, "--layer", "all"]).exit_code == 3  # the same message first
+
+
+def test_a_layer_without_classifier_is_named_as_such(tmp_path, rng):
+    y = np.arange(60) % 3
+    H = rng.standard_normal((60, 4)) + 3 * np.eye(3, 4)[y]
+    layers = {"block": H[:, :3] + rng.standard_normal((60, 3))}
+    path = str(write_features(
+        tmp_path / "layers.h5", {"train": {"features": H, "labels": y, "layers": layers}}, num_classes=3,
+        weight=np.eye(3, 4), bias=np.zeros(3),
+    ))
+    table = runner.invoke(app, ["measure", path, "--layer", "block"]).stdout
+    assert "— : not available (a stored layer has no classifier)" in table
+    assert "stores no classifier" not in table  # the file has one
+    plain = runner.invoke(app, ["measure", path]).stdout
+    assert "not available" not in plain
+    records = _json(["measure", path, "--layer", "all"])
+    assert [r["layer"] for r in records] == ["block", None]  # the layer, then the penultimate features
+    assert records[1] == _json(["measure", path])[0]

@@ -200,11 +200,25 @@ def _no_type_label(ctx: typer.Context) -> None:
 
 
 def command(name: str | None = None):
-    """Register a command function on the app, with the shared error policy and the help's
-    plain value names (:func:`_plain_metavars`)."""
+    """Register a command function on the app, with the shared error policy, the help's
+    plain value names (:func:`_plain_metavars`) and, for arguments that take several files, a
+    usage error for a flag given a value (``--json true``)."""
 
     def register(func):
-        checked = reports_errors(func)
+        from ncli.cli.options import refuse_flag_values
+
+        signature = inspect.signature(func, eval_str=True)
+        variadic = [  # arguments that take several paths: where `--json true` leaves its "true"
+            name for name, param in signature.parameters.items()
+            if isinstance(param.default, typer.models.ArgumentInfo) and _is_list(param.annotation)
+        ]
+
+        def run(*args, **kwargs):
+            for name in variadic:
+                refuse_flag_values(kwargs.get(name))
+            return func(*args, **kwargs)
+
+        checked = reports_errors(run)
 
         @functools.wraps(func)
         def wrapper(*args, show_help: bool = False, **kwargs):

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean, refuse_flag_values
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
 from ncli.console import done, note
 from ncli.errors import UsageError
 
@@ -76,7 +76,6 @@ def compare(
         raise UsageError("--json and --csv exclude each other; pick one")
     if not inputs:
         raise UsageError("compare needs at least one INPUT (feature files, `ncli measure --json` lines, or - for stdin)")
-    refuse_flag_values(inputs)
     plot_path = None
     if plot is not None:
         from ncli.compare.plot import check_plot_path, require_matplotlib

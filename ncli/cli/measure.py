@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ncli.cli.app import command
-from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean, refuse_flag_values
+from ncli.cli.options import ALLOW_EXTERNAL_HELP, GlobalMean
 from ncli.console import note, warn
 from ncli.errors import NcliError
 
@@ -78,7 +78,6 @@ def measure(
     from ncli.measure.record import list_layers, measure_file
     from ncli.measure.render import print_records, record_json
 
-    refuse_flag_values(files)
     backend = None
     if device != "cpu":
         from ncli.measure.engine_torch import TorchBackend
