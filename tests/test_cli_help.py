@@ -4,6 +4,7 @@ columns, --debug, flags given a value."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ runner = CliRunner()
 COMMANDS = ([], ["extract"], ["inspect"], ["measure"], ["compare"])
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = str(ROOT / "fixtures/features/mlp_epoch0300.h5")
-NCLI = os.path.join(os.path.dirname(sys.executable), "ncli")  # the installed command, as a user types it
+# the installed command, as a user types it (help shows "Usage: ncli", not "python -m ncli")
+NCLI = shutil.which("ncli", path=os.path.dirname(sys.executable)) or shutil.which("ncli") or "ncli"
 
 
 def _ncli(args, columns=None, **kwargs):

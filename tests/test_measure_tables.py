@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from ncli.console import fmt
 from ncli.features import write_features
 
 runner = CliRunner()
-NCLI = os.path.join(os.path.dirname(sys.executable), "ncli")
+NCLI = shutil.which("ncli", path=os.path.dirname(sys.executable)) or shutil.which("ncli") or "ncli"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
