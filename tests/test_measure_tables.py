@@ -178,3 +178,21 @@ def test_a_layer_without_classifier_is_named_as_such(tmp_path, rng):
     records = _json(["measure", path, "--layer", "all"])
     assert [r["layer"] for r in records] == ["block", None]  # the layer, then the penultimate features
     assert records[1] == _json(["measure", path])[0]
+
+
+def test_a_file_extracted_from_test_data_only_names_the_split_option(tmp_path):
+    pytest.importorskip("torch")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = str(tmp_path / "test_only.h5")
+    extracted = runner.invoke(app, [
+        "extract", os.path.join(root, "fixtures/checkpoints/mlp_epoch0300.pt"), "--arch",
+        os.path.join(root, "fixtures/models.py") + ":MLP", "--data", "test=" + os.path.join(root, "fixtures/digits.npz"),
+        "-o", out, "-q",
+    ])
+    assert extracted.exit_code == 0, extracted.output
+    res = runner.invoke(app, ["measure", out])
+    assert res.exit_code == 3 and res.stdout == ""
+    assert "no split 'train'" in res.stderr and "(the file has: 'test')" in res.stderr
+    assert res.stderr.rstrip().endswith("pick one with --split, e.g. --split test")
+    (rec,) = _json(["measure", out, "--split", "test"])
+    assert rec["train_split"] == "test" and list(rec["splits"]) == ["test"]
