@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 import typing
+from enum import Enum
 
 import typer
 
@@ -152,11 +153,18 @@ def _is_list(annotation) -> bool:
     return typing.get_origin(annotation) is typing.Union and any(_is_list(arg) for arg in typing.get_args(annotation))
 
 
+def _is_choice(annotation) -> bool:
+    """An Enum, or an Optional one: typer lists its values."""
+    if typing.get_origin(annotation) is typing.Union:
+        return any(_is_choice(arg) for arg in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, Enum)
+
+
 def _plain_metavars(func) -> inspect.Signature:
     """``func``'s signature with the help's value names made plain, and -h/--help added:
-    a flag shows no value (typer writes ``<bool>``), an argument or a repeatable option
-    without a metavar of its own reads as its name in capitals (``CHECKPOINT``, ``--data
-    DATA``), not ``{checkpoint}`` or ``<list[str]>``."""
+    a flag shows no value (typer writes ``<bool>``); an argument or an option without a
+    metavar of its own reads as its name in capitals (``CHECKPOINT``, ``--data DATA``,
+    ``--split SPLIT``), not ``{checkpoint}``, ``<list[str]>`` or ``<str>``."""
     signature = inspect.signature(func, eval_str=True)
     params = []
     for param in signature.parameters.values():
@@ -167,7 +175,7 @@ def _plain_metavars(func) -> inspect.Signature:
                 info.metavar = ""
             elif isinstance(info, typer.models.ArgumentInfo):
                 info.metavar = param.name.upper() + ("..." if repeated else "")
-            elif repeated:
+            elif not _is_choice(param.annotation):  # a choice keeps typer's <class|sample>
                 long_names = [d for d in info.param_decls if d.startswith("--")]
                 info.metavar = (long_names[0][2:] if long_names else param.name).upper().replace("-", "_")
         params.append(param)
