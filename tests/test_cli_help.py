@@ -4,6 +4,7 @@ columns, --debug, flags given a value."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def test_help_names_values_plainly(command):
     assert "Usage: ncli" in out
     assert "<bool>" not in out  # a flag takes no value
     assert "<list[" not in out  # an argument or a repeatable option reads as its name
+    assert not {"<str>", "<path>", "<int>", "<int range>"} & set(re.findall(r"<[^>|]*>", out))  # so does any option
     usage = next(line for line in out.splitlines() if "Usage:" in line)
     assert "{" not in usage, usage  # no {files}... braces around a required argument
     assert "-h" in out and "--help" in out
