@@ -362,13 +362,17 @@ def test_plot_without_matplotlib_is_one_line_saying_how_to_install(series, tmp_p
 def test_measure_layer_all_reports_each_stored_layer(series):
     lines = _ok(runner.invoke(app, ["measure", series[0], "--layer", "all", "--json"])).stdout.splitlines()
     recs = [json.loads(line) for line in lines]
-    assert [r["layer"] for r in recs] == ["block1", "block2"]
-    for r in recs:
+    # the stored layers input -> output, then the penultimate features (as compare --by layer)
+    assert [r["layer"] for r in recs] == ["block1", "block2", "fc"]
+    assert recs[-1] == _measured(series[0])
+    assert recs[-1]["metrics"]["self_duality"] is not None
+    for r in recs[:-1]:
         assert r == _measured(series[0], layer=r["layer"])
         assert r["metrics"]["nc1"] is not None and r["metrics"]["self_duality"] is None
         assert r["splits"]["test"]["ncc_accuracy"] is not None
     table = _ok(runner.invoke(app, ["measure", series[0], "--layer", "all"])).stdout
-    assert "layer block1" in table and "layer block2" in table
+    assert "layer block1" in table and "layer block2" in table and "layer fc" in table
+    assert "(a stored layer has no classifier)" in table and "the file stores no classifier" not in table
 
 
 def test_compare_by_layer_lays_layers_side_by_side(series):
@@ -392,7 +396,9 @@ def test_compare_by_layer_lays_layers_side_by_side(series):
 def test_by_layer_from_measure_lines(series):
     lines = _ok(runner.invoke(app, ["measure", series[0], "--layer", "all", "--json"])).stdout
     out = json.loads(_ok(_compare(["-", "--by", "layer", "--json"], input=lines)).stdout)
-    assert out["groups"][0]["layers"] == ["block1", "block2"]
+    assert out["groups"][0]["layers"] == ["block1", "block2", "fc"]  # the same order as compare --by layer
+    by_layer = json.loads(_ok(_compare([series[0], "--by", "layer", "--json"])).stdout)
+    assert out["runs"] == by_layer["runs"]
 
 
 def test_by_layer_plot(series, tmp_path):

@@ -8,8 +8,12 @@ shows the traceback instead. Progress goes to stderr, data to stdout.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import traceback
+import typing
+from enum import Enum
 
 import typer
 
@@ -44,17 +48,39 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def _help_option():
+    """-h/--help, declared as a plain flag: typer's own shows a ``<bool>`` value in the help."""
+    return typer.Option(
+        False, "--help", "-h", is_eager=True, expose_value=False, callback=_show_help, metavar="",
+        help="Show this message and exit.",
+    )
+
+
+@app.callback(context_settings={"help_option_names": []})
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(
+        False, "--debug", metavar="", help="Also show the traceback of an error (the exit code stays the error's)."
+    ),
+    show_help: bool = _help_option(),
 ) -> None:
+    del show_help  # handled by its callback
     _state["debug"] = debug or bool(os.environ.get("NCLI_DEBUG"))
 
 
 def error_exit(message: str, code: int) -> "typer.Exit":
+    """``ncli: error: message`` and exit ``code``; under ``--debug`` the traceback of the
+    error being handled comes first (the exit code is the same)."""
+    if _state["debug"] and sys.exc_info()[1] is not None:
+        traceback.print_exc()
     error(message)
     return typer.Exit(code)
 
@@ -91,12 +117,8 @@ def reports_errors(func):
             with interrupts.as_keyboard_interrupt():
                 return func(*args, **kwargs)
         except NcliError as exc:
-            if _state["debug"]:
-                raise
             raise error_exit(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            if _state["debug"]:
-                raise
             raise error_exit("interrupted", 130) from None
         except BrokenPipeError:
             # e.g. `ncli measure ... | head`: stop quietly
@@ -108,19 +130,13 @@ def reports_errors(func):
         except typer.Exit:
             raise
         except MemoryError as exc:
-            if _state["debug"]:
-                raise
             raise error_exit(f"out of memory ({exc or 'MemoryError'}); the input needs more memory than is available", 5) from None
         except OSError as exc:
-            if _state["debug"]:
-                raise
             known = _os_error(exc)
             if known is None:
                 raise error_exit(f"internal error: {type(exc).__name__}: {exc} (run `ncli --debug ...` for the traceback)", 1) from None
             raise error_exit(*known) from None
-        except Exception as exc:  # a bug: still one line unless --debug
-            if _state["debug"]:
-                raise
+        except Exception as exc:  # a bug: one line (and the traceback under --debug), exit 1
             if _interrupted(exc):  # Ctrl-C wrapped by Python (e.g. RuntimeError from __set_name__)
                 raise error_exit("interrupted", 130) from None
             raise error_exit(
@@ -130,11 +146,94 @@ def reports_errors(func):
     return wrapper
 
 
+def _is_list(annotation) -> bool:
+    """``List[X]`` or ``Optional[List[X]]``: a repeatable option or a variadic argument."""
+    if typing.get_origin(annotation) is list:
+        return True
+    return typing.get_origin(annotation) is typing.Union and any(_is_list(arg) for arg in typing.get_args(annotation))
+
+
+def _is_choice(annotation) -> bool:
+    """An Enum, or an Optional one: typer lists its values."""
+    if typing.get_origin(annotation) is typing.Union:
+        return any(_is_choice(arg) for arg in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, Enum)
+
+
+def _plain_metavars(func) -> inspect.Signature:
+    """``func``'s signature with the help's value names made plain, and -h/--help added:
+    a flag shows no value (typer writes ``<bool>``); an argument or an option without a
+    metavar of its own reads as its name in capitals (``CHECKPOINT``, ``--data DATA``,
+    ``--split SPLIT``), not ``{checkpoint}``, ``<list[str]>`` or ``<str>``."""
+    signature = inspect.signature(func, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        info = param.default
+        if isinstance(info, (typer.models.OptionInfo, typer.models.ArgumentInfo)) and info.metavar is None:
+            repeated = _is_list(param.annotation)
+            if param.annotation is bool:
+                info.metavar = ""
+            elif isinstance(info, typer.models.ArgumentInfo):
+                info.metavar = param.name.upper() + ("..." if repeated else "")
+            elif not _is_choice(param.annotation):  # a choice keeps typer's <class|sample>
+                long_names = [d for d in info.param_decls if d.startswith("--")]
+                info.metavar = (long_names[0][2:] if long_names else param.name).upper().replace("-", "_")
+        params.append(param)
+    params.append(inspect.Parameter("show_help", inspect.Parameter.KEYWORD_ONLY, default=_help_option(), annotation=bool))
+    return signature.replace(parameters=params)
+
+
+class PlainHelpCommand(typer.core.TyperCommand):
+    """A command whose help names arguments by their metavar alone: typer adds a type label
+    (``<list[Path]>``) beside it and braces around a required one in the usage line
+    (``{files}...``); here the usage reads ``ncli measure [OPTIONS] FILE...``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument):
+                param.display_type_rich = _no_type_label
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.metavar or param.name.upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+def _no_type_label(ctx: typer.Context) -> None:
+    return None
+
+
 def command(name: str | None = None):
-    """Register a command function on the app, with the shared error policy."""
+    """Register a command function on the app, with the shared error policy, the help's
+    plain value names (:func:`_plain_metavars`) and, for arguments that take several files, a
+    usage error for a flag given a value (``--json true``)."""
 
     def register(func):
-        app.command(name)(reports_errors(func))
+        from ncli.cli.options import refuse_flag_values
+
+        signature = inspect.signature(func, eval_str=True)
+        variadic = [  # arguments that take several paths: where `--json true` leaves its "true"
+            name for name, param in signature.parameters.items()
+            if isinstance(param.default, typer.models.ArgumentInfo) and _is_list(param.annotation)
+        ]
+
+        def run(*args, **kwargs):
+            for name in variadic:
+                refuse_flag_values(kwargs.get(name))
+            return func(*args, **kwargs)
+
+        checked = reports_errors(run)
+
+        @functools.wraps(func)
+        def wrapper(*args, show_help: bool = False, **kwargs):
+            return checked(*args, **kwargs)
+
+        wrapper.__signature__ = _plain_metavars(func)
+        app.command(name, cls=PlainHelpCommand)(wrapper)
         return func
 
     return register

@@ -30,7 +30,7 @@ class By(str, Enum):
 def compare(
     inputs: Optional[List[str]] = typer.Argument(
         None,
-        metavar="INPUT",
+        metavar="INPUT...",
         help="Feature or statistics files (measured here), files of `ncli measure --json` lines, or - for those lines on stdin.",
         show_default=False,
     ),

@@ -16,7 +16,7 @@ from ncli.errors import NcliError
 
 @command()
 def measure(
-    files: List[Path] = typer.Argument(..., help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
     split: str = typer.Option(
         "train", "--split", "-s", help="Split whose class statistics define the metrics; all splits are evaluated."
     ),
@@ -33,7 +33,8 @@ def measure(
         None,
         "--layer",
         help="Measure a stored intermediate layer (/<split>/layers/NAME) instead of the penultimate features; "
-        "'all' measures every stored layer. Classifier metrics are not available for layers.",
+        "'all' measures every stored layer, input to output, then the penultimate features. "
+        "Classifier metrics are not available for layers.",
     ),
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", min=1, help="Rows read per chunk (default: about 16 MiB as float64). Results do not depend on it."
@@ -63,12 +64,15 @@ def measure(
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4; GNC2, UNC3, NC5) of feature files.
 
-    Class statistics come from the train split (--split); every split in the file is evaluated
-    against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split.
-    Streams over the file in chunks with float64 accumulators, so memory does not grow with
-    the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
+    Class statistics come from the train split (--split; a file without one, e.g. test data only, needs --split NAME); every split in the file is evaluated against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split. The headline ncc_disagreement is the test split's when there is one. Streams over the file in chunks with float64 accumulators, so memory does not grow with the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
 
-    Example:  ncli measure fixtures/features/mlp_epoch0300.h5 --json
+    On a terminal the tables fit its width: names wrap and columns of numbers continue in a further table; no number is cut.
+
+    Examples:
+
+      ncli measure fixtures/features/mlp_epoch0300.h5 --per-class
+
+      ncli measure fixtures/features/*.h5 --json
     """
     from ncli.measure.engine import NumpyBackend
     from ncli.measure.record import list_layers, measure_file
@@ -84,9 +88,10 @@ def measure(
             warn(f"{exc}; measuring on the CPU instead")
     if backend is None:
         backend = NumpyBackend(threads=threads)
-    records = []
+    records, measured_layers = [], []
     for f in files:
-        layers = list_layers(f, split, allow_external=allow_external) if layer == "all" else [layer]
+        # all: the stored layers, input -> output, then the penultimate features (as compare --by layer)
+        layers = [*list_layers(f, split, allow_external=allow_external), None] if layer == "all" else [layer]
         for name in layers:
             rec = measure_file(
                 f,
@@ -107,5 +112,6 @@ def measure(
                 sys.stdout.flush()
             else:
                 records.append(rec)
+                measured_layers.append(name)
     if not json_out:
-        print_records(records, per_class=per_class)
+        print_records(records, per_class=per_class, layers=measured_layers)

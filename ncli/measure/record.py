@@ -34,10 +34,23 @@ def list_layers(path: str | os.PathLike, split: str = "train", *, allow_external
 
         return list_statistics_layers(path)
     with FeatureFile(path, allow_external=allow_external) as ff:
-        layers = list(ff.split(split).layers)
+        layers = list(defining_split(ff, path, split).layers)
     if not layers:
         raise InputError(f"{path}: split {split!r} stores no layers (/{split}/layers/...)")
     return layers
+
+
+def defining_split(ff: FeatureFile, path, split: str):
+    """The split whose class statistics define the metrics; when the file lacks it, an error
+    that names the splits it has and the option that picks one (a file of test data only,
+    ``ncli extract --data test=...``, has no 'train')."""
+    if split not in ff.splits:
+        have = ", ".join(repr(name) for name in ff.splits)
+        raise InputError(
+            f"{path}: no split {split!r} to take the class statistics from (the file has: {have}); "
+            f"pick one with --split, e.g. --split {next(iter(ff.splits))}"
+        )
+    return ff.split(split)
 
 
 @contextmanager
@@ -88,7 +101,7 @@ def measure_file(
             return build_record(**inputs, per_class=per_class)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path, allow_external=allow_external) as ff:
-        info = ff.split(split)
+        info = defining_split(ff, path, split)
         num_classes = ff.num_classes
         if num_classes < 2:
             raise InputError(f"{path}: num_classes is {num_classes}; Neural Collapse metrics need at least 2 classes")
@@ -183,7 +196,7 @@ def build_record(
         class_names=class_names,
     )
     splits = {name: registry.split_numbers(stats) for name, stats in results.items()}
-    headline = "test" if "test" in splits else train_split
+    headline = registry.headline_split(splits, train_split)
     record = {
         "schema": SCHEMA,
         **source,

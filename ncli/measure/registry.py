@@ -227,6 +227,12 @@ def split_numbers(stats) -> dict:
     }
 
 
+def headline_split(splits, train_split: str) -> str:
+    """The split whose numbers the headline metrics (``ncc_disagreement``) are: the test split
+    when the file has one, else the split that defines the metrics."""
+    return "test" if "test" in splits else train_split
+
+
 def metric_values(statistics: metrics.Statistics, headline: dict) -> dict:
     """``record["metrics"]``, in registry order; ``headline`` is the headline split's numbers
     (the test split's when there is one, else the split that defines the metrics)."""
