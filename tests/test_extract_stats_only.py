@@ -77,6 +77,10 @@ def test_stats_only_split_and_global_mean(tmp_path):
         (["--split", "test"], "--split applies with --stats-only"),
         (["--global-mean", "sample"], "--global-mean applies with --stats-only"),
         (["--stats-only", "--split", "val"], "--split val: no such split in --data (train, test)"),
+        (["--min-per-class", "3"], "--min-per-class applies with --stats-only"),
+        (["--ood", "test"], "--ood applies with --stats-only"),
+        (["--stats-only", "--ood", "val"], "--ood val: no such split in --data (train, test)"),
+        (["--stats-only", "--ood", "train"], "cannot be the split that defines the metrics"),
     ],
 )
 def test_stats_only_option_errors(tmp_path, extra, needle):
@@ -85,6 +89,36 @@ def test_stats_only_option_errors(tmp_path, extra, needle):
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ncli-tmp-")]
+
+
+def test_stats_only_min_per_class_and_ood_equal_the_feature_file(tmp_path):
+    """A train split where class 3 is rare and class 7 absent, an OOD split of noise with
+    labels outside the model's classes: --min-per-class and --ood decided in the passes, and
+    `ncli measure` of the statistics file equals that of the feature file with the same options."""
+    rng = np.random.default_rng(5)
+    with np.load(DIGITS) as z:
+        arrays = dict(z)
+    y = arrays["y_train"]
+    keep = (y != 7) & ((y != 3) | (np.cumsum(y == 3) <= 4))  # 4 rows of class 3, none of class 7
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=arrays["x_train"][keep], y_train=y[keep], x_test=arrays["x_test"], y_test=arrays["y_test"],
+             x_ood=rng.uniform(0, 16, (150, 64)).astype(np.float32), y_ood=np.full(150, 99))
+    args = [*FORMS["mlp"], "--data", f"train={data}", "--data", f"test={data}", "--device", "cpu", "-q", "-b", "64"]
+    features, stats = tmp_path / "f.h5", tmp_path / "s.h5"
+    with np.load(data) as z:  # the feature file needs labels in range: the OOD split's are ignored anyway
+        arrays = dict(z)
+    arrays["y_ood"] = np.zeros(150, np.int64)
+    np.savez(tmp_path / "f.npz", **arrays)
+    ok(invoke("extract", *FORMS["mlp"], "--data", tmp_path / "f.npz", "--device", "cpu", "-q", "-b", "64", "-o", features))
+    ok(invoke("extract", *args, "--data", f"ood={data}", "-o", stats, "--stats-only", "--min-per-class", "5",
+              "--ood", "ood"))
+    options = ["--min-per-class", "5", "--ood", "ood"]
+    got, want = _measured(stats, *options), _measured(features, *options)
+    assert (got["classes_measured"], got["min_per_class"], got["ood"]) == (8, 5, {"split": "ood", "num_samples": 150})
+    assert list(got["splits"]) == ["train", "test"] and got["metrics"]["nc5_orthodev"] is not None
+    assert_record_matches(got, want, rtol=1e-9, per_class=True)
+    refused = invoke("measure", stats, "--min-per-class", "3")  # class 3 has 4 rows: another selection
+    assert refused.exit_code == 2 and "collected with --min-per-class 5 (8 of 10 classes)" in refused.output
 
 
 def test_stats_only_refuses_features_the_model_makes_non_finite(tmp_path):

@@ -113,6 +113,8 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
                 for text in getattr(source, "notes", ()):
                     note(text)
         for source in sources:
+            if options.stats_only and source.split == options.ood:
+                continue  # an out-of-distribution split: its labels are ignored (--stats-only --ood)
             names = getattr(source, "class_names", None)
             if names and len(names) != num_classes:
                 raise InputError(
