@@ -72,7 +72,7 @@ def is_statistics_file(path) -> bool:
             return False
         with h5py.File(str(path), "r") as f:
             return attr_str(f.attrs.get("ncli_format")) == FORMAT_NAME
-    except (OSError, ValueError):
+    except HDF5_ERRORS:  # damaged root metadata (a bad checksum is a KeyError)
         return False
 
 

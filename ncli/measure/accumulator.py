@@ -310,10 +310,11 @@ class Accumulator:
         return save_accumulator(self, path, force=force)
 
     @classmethod
-    def load(cls, path) -> Accumulator:
+    def load(cls, path, *, allow_external: bool = False) -> Accumulator:
         """An accumulator holding a statistics file's content (pass 2 done: it can be
-        measured, and merged with others frozen from the same class sums)."""
-        return load_accumulator(cls, path)
+        measured, and merged with others frozen from the same class sums).
+        ``allow_external``: read what the file keeps in other files (``--allow-external``)."""
+        return load_accumulator(cls, path, allow_external=allow_external)
 
     # -- combining ------------------------------------------------------------------------------
 
