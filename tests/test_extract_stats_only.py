@@ -167,12 +167,12 @@ def test_torchrun_stats_only_equals_the_feature_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["ok", "p", "frozen"])
+@pytest.mark.parametrize("case", ["ok", "p", "frozen", "selection"])
 def test_all_reduce_over_torchrun(tmp_path, case):
     result = _torchrun(case, tmp_path, cwd=tmp_path, script=[str(HERE / "dist_accumulator.py")])
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    if case != "ok":
+    if case in ("p", "frozen"):
         want = {"p": "the ranks' features differ in p (5, 6)", "frozen": "rank 1 differs from rank 0 in the pass"}[case]
         assert all(want in r.get("error", "") for r in ranks), ranks
         return
@@ -180,10 +180,16 @@ def test_all_reduce_over_torchrun(tmp_path, case):
     import dist_accumulator
 
     H, y, Ht, yt, W, b, _ = dist_accumulator.data()
-    single = ncli.Accumulator(dist_accumulator.C, W=W, b=b)
+    selection = case == "selection"
+    y = dist_accumulator.selection_labels(y) if selection else y
+    single = ncli.Accumulator(dist_accumulator.C, W=W, b=b, min_per_class=dist_accumulator.MIN_PER_CLASS if selection else None)
     single.update(H, y)
+    if selection:
+        single.update(Ht + 1.0, None, split="ood")
     single.evaluate(H, y)
     single.evaluate(Ht, yt, split="test")
-    want = single.measure(per_class=True)
+    want = single.measure(per_class=True, ood="ood" if selection else None)
+    if selection:
+        assert want["classes_measured"] == 3 and want["ood"] == {"split": "ood", "num_samples": 300}
     assert ranks[0] == ranks[1]  # every rank holds the same bits
     assert_record_matches(ranks[0]["record"], want, rtol=1e-12, per_class=True)
