@@ -136,7 +136,7 @@ def extract(
 
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
-    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file. --split, --global-mean, --min-per-class and --ood are decided here, in the passes, and `ncli measure` of the file must be given the same ones.
+    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file. --split, --global-mean and --min-per-class are decided here, in the passes, and `ncli measure` of the file must be given the same ones; --ood SPLIT sums that split in pass 1, for `ncli measure FILE --ood SPLIT` (NC5).
 
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
