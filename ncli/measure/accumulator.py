@@ -201,7 +201,8 @@ class Accumulator:
 
     def freeze(self) -> Model:
         """End pass 1: fit the model (class means, μ_G, basis, classifier) from the train
-        split's class statistics. The first evaluate() calls it; calling it again is a no-op."""
+        split's class statistics, on the classes ``min_per_class`` keeps. The first evaluate()
+        calls it; calling it again is a no-op."""
         self._usable()
         if self.model is not None:
             return self.model
