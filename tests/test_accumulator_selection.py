@@ -121,6 +121,11 @@ def test_a_saved_file_is_measured_with_the_same_options(rng, data, tmp_path):
     assert loaded.min_per_class == K
     assert_record_matches(loaded.measure(ood="ood"), want, rtol=1e-12)
     assert _invoke("measure", path, "--min-per-class", K).exit_code == 0
+    compared = _invoke("compare", path, data["path"], "--min-per-class", K, "--ood", "ood", "--json")
+    assert compared.exit_code == 0, compared.output
+    runs = json.loads(compared.stdout)["runs"]
+    assert [run["classes_measured"] for run in runs] == [len(KEPT)] * 2
+    assert_record_matches(runs[0], {**runs[1], "per_class": None}, rtol=1e-9)
 
 
 def test_a_selection_that_differs_from_the_passes_is_refused(rng, data, tmp_path):

@@ -167,6 +167,28 @@ def test_torchrun_stats_only_equals_the_feature_file(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_stats_only_with_min_per_class_and_ood(tmp_path):
+    """Both ranks select the same classes from the reduced pass 1, and the OOD split's sum is
+    reduced with it: the file equals the single-process one to rounding."""
+    with np.load(DIGITS) as z:
+        y = z["y_train"]
+        keep = (y != 7) & ((y != 3) | (np.cumsum(y == 3) <= 4))
+        np.savez(tmp_path / "d.npz", x_train=z["x_train"][keep], y_train=y[keep], x_test=z["x_test"], y_test=z["y_test"],
+                 x_ood=z["x_test"][::-1] * 0.5, y_ood=np.full(len(z["y_test"]), -1))
+    data = tmp_path / "d.npz"
+    args = [*FORMS["mlp"], "--data", data, "-b", "128", "--device", "cpu", "--stats-only", "--min-per-class", "5",
+            "--ood", "ood"]
+    single, shared = tmp_path / "one.h5", tmp_path / "two.h5"
+    ok(invoke("extract", *args, "-o", single, "-q"))
+    result = _torchrun("extract", *args, "-o", shared, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = ["--min-per-class", "5", "--ood", "ood"]
+    got = _measured(shared, *options)
+    assert got["classes_measured"] == 8 and got["ood"] == {"split": "ood", "num_samples": 597}
+    assert_record_matches(got, _measured(single, *options), rtol=1e-12, per_class=True)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["ok", "p", "frozen", "selection"])
 def test_all_reduce_over_torchrun(tmp_path, case):
     result = _torchrun(case, tmp_path, cwd=tmp_path, script=[str(HERE / "dist_accumulator.py")])
