@@ -1,7 +1,9 @@
 """Statistics files (``docs/format.md``, "Statistics files"): what ``ncli measure`` needs of a
 run, accumulated, without the per-sample features: per split the class counts and float64
-sums (pass 1), the decision counts (pass 2), and for the split that defines the metrics the
-within-class sums. Their size depends on C and p, never on the number of samples.
+sums (pass 1; a split fed without labels, such as an out-of-distribution one, as one sum),
+the decision counts (pass 2), and for the split that defines the metrics the within-class
+sums. Their size depends on C and p, never on the number of samples. Read with the checks of
+feature files (:class:`ncli.features.storage.LocalFile`).
 
 Plain arrays only: :class:`StoredStatistics` is what is written and read back; turning it
 into the engine's accumulators is :mod:`ncli.measure.accumulator`'s business. Written

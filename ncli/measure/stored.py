@@ -3,7 +3,9 @@
 :class:`~ncli.measure.accumulator.Accumulator` saved and loaded, and the model and split order
 a record of accumulated statistics is built with — for ``Accumulator.measure`` and for
 ``ncli measure`` / ``ncli compare`` of a file (:func:`record_inputs`, where the options that
-per-sample data would need are refused in one line each). Imports neither the accumulator
+per-sample data would need are refused in one line each), with the passes' class selection
+(``--min-per-class``: per-class arrays stored on the file's C classes, kept ones read back)
+and an out-of-distribution split's sums (:func:`ood_split`). Imports neither the accumulator
 nor the record module (they import this one)."""
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def save_accumulator(acc, path, *, force: bool = False) -> Path:
     stored = StoredStatistics(
         num_classes=acc.num_classes, feature_dim=acc.dim, train_split=acc.train_split, global_mean=acc.global_mean,
         within_form="scatter" if acc.method == "scatter" else "projected", splits=splits, weight=acc.W, bias=acc.b,
-        class_names=acc.class_names, min_per_class=acc.min_per_class or 0, attrs={"epoch": acc.epoch, "step": acc.step, "feature_layer": acc.layer, **acc.attrs},
+        class_names=acc.class_names, min_per_class=acc.min_per_class or 0,
+        attrs={"epoch": acc.epoch, "step": acc.step, "feature_layer": acc.layer, **acc.attrs},
     )
     return write_statistics(path, stored, force=force)
 
