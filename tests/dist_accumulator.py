@@ -7,6 +7,8 @@ CASE ``ok``: each rank feeds an uneven share of the rows (rank 1 none of the tes
 ranks all-reduce after each pass, and every rank writes its record and a digest of its
 statistics to OUT_DIR/rank<r>.json. ``p`` / ``frozen``: rank 1 differs (its features have one
 column fewer / it evaluates before the pass-1 reduction); every rank writes the error it got.
+``selection``: as ``ok`` with ``min_per_class=MIN_PER_CLASS`` (class 3 is rare: left out) and
+an out-of-distribution split fed without labels by rank 0 only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ import ncli
 from ncli.errors import NcliError
 
 C, P = 4, 6
+MIN_PER_CLASS = 50
+
+
+def selection_labels(y):
+    """Class 3 kept in its first 10 rows only (the others become class 2)."""
+    rare = np.flatnonzero(y == 3)[10:]
+    y = y.copy()
+    y[rare] = 2
+    return y
 
 
 def data():
@@ -42,13 +53,19 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     H, y, Ht, yt, W, b, owner = data()
-    acc = ncli.Accumulator(C, W=W if case != "p" else None, b=b)  # (a classifier fixes p)
+    selection = case == "selection"
+    if selection:
+        y = selection_labels(y)
+    acc = ncli.Accumulator(C, W=W if case != "p" else None, b=b,  # (a classifier fixes p)
+                           min_per_class=MIN_PER_CLASS if selection else None)
     mine = np.flatnonzero(owner == rank)
     result = {}
     try:
         features = H[mine] if not (case == "p" and rank == 1) else H[mine][:, 1:]
         for rows in np.array_split(np.arange(len(mine)), 3):
             acc.update(features[rows], y[mine][rows])
+        if selection and rank == 0:
+            acc.update(Ht + 1.0, None, split="ood")
         if case == "frozen" and rank == 1:
             acc.evaluate(H[mine], y[mine])
         acc.all_reduce()
@@ -57,7 +74,7 @@ def main() -> None:
         if rank == 0:
             acc.evaluate(Ht, yt, split="test")
         acc.all_reduce()
-        result = {"record": acc.measure(per_class=True), "pass1": digest,
+        result = {"record": acc.measure(per_class=True, ood="ood" if selection else None), "pass1": digest,
                   "within": acc.results["train"].ss_within.tolist()}
     except NcliError as exc:
         result = {"error": str(exc)}

@@ -25,6 +25,11 @@ import torch
 
 from extract_util import assert_close, invoke, ok, read
 
+try:
+    from reference import assert_record_matches
+except ImportError:  # tests/ imported as a package
+    from tests.reference import assert_record_matches
+
 pytestmark = pytest.mark.hf
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,6 +117,26 @@ def test_gpt2_next_token_rows(gpt2, tmp_path):
     record = measure(out)
     predicted = z[s, t].argmax(-1).numpy()
     assert record["num_classes"] == VOCAB and record["splits"]["train"]["accuracy"] == pytest.approx(np.mean(predicted == ids[s, t + 1]))
+
+
+@pytest.mark.parametrize("selection", [[], ["--min-per-class", "3"]], ids=["every-token", "min-per-class"])
+def test_gpt2_stats_only_equals_its_token_level_feature_file(gpt2, tmp_path, selection):
+    """--stats-only feeds the accumulator the same token rows as the feature file (the
+    output layer's input at t, labelled with the token at t + 1); with --min-per-class 3 the
+    35 tokens that are the next token 3 times are measured."""
+    _, folder = gpt2
+    data, _, _ = token_data(tmp_path)
+    args = ["--data", f"train={data}", "--data", f"test={data}", "-b", "5", "-q"]
+    features, stats = tmp_path / "lm.h5", tmp_path / "lm.stats.h5"
+    ok(invoke("extract", folder, *args, "-o", features))
+    ok(invoke("extract", folder, *args, "-o", stats, "--stats-only", *selection))
+    got = json.loads(ok(invoke("measure", stats, "--json", "--per-class", *selection)).stdout)
+    want = json.loads(ok(invoke("measure", features, "--json", "--per-class", *selection)).stdout)
+    assert got["classes_measured"] == (35 if selection else VOCAB)
+    assert got["splits"]["train"]["num_samples"] == (35 * 3 if selection else 229)  # token rows, not 22 sequences
+    assert got["splits"]["train"]["num_samples"] == want["splits"]["train"]["num_samples"]
+    assert_record_matches(got, want, rtol=1e-9, per_class=True)
+    assert features.stat().st_size > stats.stat().st_size
 
 
 def test_inspect_a_folder(gpt2):

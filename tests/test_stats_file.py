@@ -91,6 +91,9 @@ def test_compare_takes_statistics_files_beside_feature_files(tmp_path, rng):
         (["measure", "{f}", "--global-mean", "sample"], "kept projected along the basis of --global-mean class", 2),
         (["compare", "{f}", "--chunk-rows", "64"], "--chunk-rows does not apply", 2),
         (["compare", "{f}", "--by", "layer"], "stores no layers", 2),
+        (["measure", "{f}", "--min-per-class", "100"], "collected with no --min-per-class (5 of 5 classes)", 2),
+        (["measure", "{f}", "--ood", "val"], "--ood val: no class sums of split 'val'", 2),
+        (["measure", "{f}", "--ood", "train"], "cannot be the split that defines the metrics", 2),
     ],
 )
 def test_what_needs_per_sample_data_is_refused_in_one_line(tmp_path, rng, args, needle, code):
@@ -149,7 +152,9 @@ def _damage(path, edit):
         (lambda f: f.attrs.__setitem__("train_split", "val"), "split 'val', which defines the metrics, lacks"),
         (lambda f: f.attrs.__setitem__("within_form", "dense"), "within_form 'dense': not a value"),
         (lambda f: f["train"].attrs.__setitem__("decisions", "guess"), "decisions 'guess' is not one of"),
-        (lambda f: f.attrs.__setitem__("min_per_class", 3), "collected with --min-per-class 3"),
+        (lambda f: f.attrs.__setitem__("min_per_class", 100), "counts samples of classes that --min-per-class 100 leaves out"),
+        (lambda f: f["train/disagree_per_class"].__setitem__(0, 10**6), "disagree_per_class does not add up"),
+        (lambda f: f["classifier"].move("weight", "w"), "/classifier/weight missing"),
     ],
 )
 def test_damaged_files_are_refused_in_one_line(tmp_path, rng, edit, needle):

@@ -122,6 +122,16 @@ def extract(
     global_mean: Optional[GlobalMean] = typer.Option(
         None, "--global-mean", help="With --stats-only: mu_G = mean of class means ('class', default) or of all samples ('sample')."
     ),
+    min_per_class: Optional[int] = typer.Option(
+        None, "--min-per-class", min=1, metavar="K",
+        help="With --stats-only: measure only the classes with at least K rows in --split (the others' rows count in no "
+        "split); `ncli measure` of the file then takes the same --min-per-class.",
+    ),
+    ood: Optional[str] = typer.Option(
+        None, "--ood", metavar="SPLIT",
+        help="With --stats-only: an out-of-distribution --data split, summed in pass 1 (labels ignored, not evaluated); "
+        "`ncli measure FILE --ood SPLIT` gives NC5.",
+    ),
 ) -> None:
     """Run a checkpoint (or several, one file each) over data and write penultimate features, labels, logits and the classifier.
 
@@ -146,7 +156,7 @@ def extract(
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt \\
         --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
-    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file.
+    Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file. --split, --global-mean and --min-per-class are decided here, in the passes, and `ncli measure` of the file must be given the same ones; --ood SPLIT sums that split in pass 1, for `ncli measure FILE --ood SPLIT` (NC5).
 
     Distributed: torchrun --nproc_per_node K -m ncli extract ... runs K processes, each on a contiguous share of the batches (its own GPU with --device cuda); rank 0 assembles one file, equal to the single-process one. Multi-node: add --nnodes N --node_rank I --master_addr HOST --master_port PORT; OUTPUT's folder must be shared by every node.
     """
@@ -163,6 +173,7 @@ def extract(
         normalize=normalize, layout=layout.value, channels=channels, batch_size=batch_size, num_workers=num_workers,
         device=device, amp=amp, force=force, compression=compression.value, progress=not quiet, allow_external=allow_external,
         stats_only=stats_only, stats_split=split, global_mean=global_mean.value if global_mean is not None else None,
+        min_per_class=min_per_class, ood=ood,
     )
     try:
         extract_many(checkpoints, output, data, options)

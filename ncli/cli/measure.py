@@ -55,11 +55,13 @@ def measure(
     min_per_class: Optional[int] = typer.Option(
         None, "--min-per-class", min=1, metavar="K",
         help="Measure only the classes with at least K train samples (vocabulary-sized C); the others, "
-        "and their samples in every split, are left out. Without it a class without train samples is an error.",
+        "and their samples in every split, are left out. Without it a class without train samples is an error. "
+        "A statistics file answers only a K that keeps the classes its passes kept (extract --stats-only --min-per-class).",
     ),
     ood: Optional[str] = typer.Option(
         None, "--ood", metavar="SPLIT",
-        help="An out-of-distribution split (labels ignored, not evaluated): NC5's ID/OOD orthogonality.",
+        help="An out-of-distribution split (labels ignored, not evaluated): NC5's ID/OOD orthogonality. "
+        "In a statistics file: a split whose sums it holds (extract --stats-only --ood).",
     ),
 ) -> None:
     """Compute the Neural Collapse metrics (NC1-NC4; GNC2, UNC3, NC5) of feature files.
@@ -67,6 +69,8 @@ def measure(
     Class statistics come from the train split (--split; a file without one, e.g. test data only, needs --split NAME); every split in the file is evaluated against them (accuracy, NCC accuracy, NCC disagreement), except an --ood split. The headline ncc_disagreement is the test split's when there is one. Streams over the file in chunks with float64 accumulators, so memory does not grow with the number of samples; no C x C matrix either (vocabulary-sized C: see --min-per-class).
 
     On a terminal the tables fit its width: names wrap and columns of numbers continue in a further table; no number is cut.
+
+    Statistics files (extract --stats-only, Accumulator.save) hold statistics collected for one --split, --global-mean and --min-per-class: those must match how the file was collected (a file that kept the p x p scatter answers either --global-mean), --ood must name a split whose sums it holds, and --layer and --chunk-rows do not apply. Each mismatch is refused in one line.
 
     Examples:
 

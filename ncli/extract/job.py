@@ -125,7 +125,8 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
             for source in sources:
                 for text in getattr(source, "notes", ()):
                     note(text)
-        for source in sources:
+        labelled = [s for s in sources if not (options.stats_only and s.split == options.ood)]
+        for source in labelled:  # an out-of-distribution split's labels are ignored (--stats-only --ood)
             names = getattr(source, "class_names", None)
             if names and len(names) != num_classes:
                 raise InputError(
@@ -140,7 +141,7 @@ def setup(checkpoint, output, data, options: ExtractOptions, *, verbose: bool = 
                     f"(classifier {extractor.classifier!r} has {num_classes} outputs; labels must be in [0, {num_classes}))"
                 )
         attrs = _provenance(checkpoint, options, prepared, sources, device, amp_dtype, batch_size, verbose)
-        names = [s.class_names for s in sources if getattr(s, "class_names", None)]
+        names = [s.class_names for s in labelled if getattr(s, "class_names", None)]
         class_names = names[0] if names and all(n == names[0] for n in names) and len(names[0]) == num_classes else None
         W = extractor.weight.detach()
         b = None if extractor.bias is None else extractor.bias.detach()

@@ -46,6 +46,8 @@ class ExtractOptions:
     stats_only: bool = False
     stats_split: str | None = None  # --split: the split that defines the metrics (default "train")
     global_mean: str | None = None  # --global-mean: "class" (default) or "sample"
+    min_per_class: int | None = None  # --min-per-class K: the classes with K+ rows of --split are measured
+    ood: str | None = None  # --ood SPLIT: an out-of-distribution split, pass 1 only (its sum, for NC5)
 
     def __post_init__(self) -> None:
         for name in ("epoch", "step"):

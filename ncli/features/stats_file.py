@@ -1,7 +1,9 @@
 """Statistics files (``docs/format.md``, "Statistics files"): what ``ncli measure`` needs of a
 run, accumulated, without the per-sample features: per split the class counts and float64
-sums (pass 1), the decision counts (pass 2), and for the split that defines the metrics the
-within-class sums. Their size depends on C and p, never on the number of samples.
+sums (pass 1; a split fed without labels, such as an out-of-distribution one, as one sum),
+the decision counts (pass 2), and for the split that defines the metrics the within-class
+sums. Their size depends on C and p, never on the number of samples. Read with the checks of
+feature files (:class:`ncli.features.storage.LocalFile`).
 
 Plain arrays only: :class:`StoredStatistics` is what is written and read back; turning it
 into the engine's accumulators is :mod:`ncli.measure.accumulator`'s business. Written
@@ -19,7 +21,9 @@ import h5py
 import numpy as np
 
 from ncli.errors import InputError
-from ncli.features.schema import RESERVED_GROUPS, attr_int, attr_str
+from ncli.features.reader import HDF5_ERRORS, check_regular_file
+from ncli.features.schema import RESERVED_NAMES, attr_int, attr_str
+from ncli.features.storage import LocalFile
 from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
 
 FORMAT_NAME = "ncli.stats"
@@ -70,7 +74,7 @@ def is_statistics_file(path) -> bool:
             return False
         with h5py.File(str(path), "r") as f:
             return attr_str(f.attrs.get("ncli_format")) == FORMAT_NAME
-    except (OSError, ValueError):
+    except HDF5_ERRORS:  # damaged root metadata (a bad checksum is a KeyError)
         return False
 
 
@@ -186,27 +190,33 @@ def _write_split(group: h5py.Group, split: StoredSplit) -> None:
 
 
 class StatisticsFile:
-    """Read and validate a statistics file; :attr:`stored` holds its content."""
+    """Read and validate a statistics file; :attr:`stored` holds its content. Hostile or
+    damaged files are refused in one line (an InputError), as feature files are: only a
+    regular file is opened, and every link and dataset is checked before it is followed or
+    read (:class:`ncli.features.storage.LocalFile`: nothing from other files unless
+    ``allow_external``, soft-link loops, datasets claiming more than they store)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, allow_external: bool = False):
         self.path = str(path)
+        check_regular_file(self.path, "a statistics file")
         try:
             f = h5py.File(self.path, "r")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise InputError(f"{self.path}: cannot open HDF5 file, truncated or damaged? ({exc})") from None
         try:
             with f:
+                self._local = LocalFile(f, self.path, allow_external=allow_external)
                 self.stored = self._read(f)
         except InputError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"{self.path}: damaged statistics file ({exc})") from None
+        except (*HDF5_ERRORS, IndexError, OverflowError) as exc:
+            raise InputError(f"{self.path}: damaged statistics file ({type(exc).__name__}: {exc})") from None
 
     def _fail(self, message: str) -> InputError:
         return InputError(f"{self.path}: {message}")
 
     def _read(self, f: h5py.File) -> StoredStatistics:
-        attrs = f.attrs
+        attrs, local = f.attrs, self._local
         if attr_str(attrs.get("ncli_format")) != FORMAT_NAME:
             raise self._fail(f"not an ncli statistics file (root attribute ncli_format is not {FORMAT_NAME!r})")
         version = attr_int(attrs.get("ncli_format_version"))
@@ -220,24 +230,36 @@ class StatisticsFile:
         form = attr_str(attrs.get("within_form"))
         if global_mean not in ("class", "sample") or form not in WITHIN_FORMS:
             raise self._fail(f"global_mean {global_mean!r} / within_form {form!r}: not a value this ncli knows")
-        min_per_class = attr_int(attrs.get("min_per_class")) or 0
+        min_per_class = attr_int(attrs.get("min_per_class"))
+        if min_per_class is None or min_per_class < 0:
+            raise self._fail("root attribute min_per_class must be a count (0: every class measured)")
         splits = {}
-        for name, group in f.items():
-            if name in RESERVED_GROUPS or not isinstance(group, h5py.Group):
+        for name in local.names(f):
+            if name in RESERVED_NAMES:
                 continue
-            splits[name] = self._read_split(name, group, C, p, form, within=(name == train))
+            group = local.child(f, name)
+            if isinstance(group, h5py.Group):
+                splits[name] = self._read_split(name, group, C, p, form, within=(name == train))
         if train not in splits or splits[train].counts is None or not splits[train].evaluated:
             raise self._fail(f"split {train!r}, which defines the metrics, lacks its class sums or its decisions")
+        if splits[train].counts.shape != (C,):
+            raise self._fail(f"/{train}/counts has shape {splits[train].counts.shape}, expected ({C},): the split that "
+                             "defines the metrics has labels")
         weight = bias = None
-        if "classifier" in f:
-            weight = self._array(f["classifier"], "weight", (C, p), float)
-            if "bias" in f["classifier"]:
-                bias = self._array(f["classifier"], "bias", (C,), float)
+        if local.has(f, "classifier"):
+            group = local.child(f, "classifier")
+            if not isinstance(group, h5py.Group):
+                raise self._fail("/classifier is not a group")
+            weight = self._array(group, "weight", (C, p), float)
+            if local.has(group, "bias"):
+                bias = self._array(group, "bias", (C,), float)
         names = None
-        if "class_names" in f:
-            raw = f["class_names"][...].tolist()
-            names = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in raw]
-            names = names if len(names) == C else None
+        if local.has(f, "class_names"):
+            ds = local.dataset(f, "class_names")
+            if ds is None or ds.ndim != 1 or not (h5py.check_string_dtype(ds.dtype) is not None or ds.dtype.kind in "SU"):
+                raise self._fail("/class_names must be a 1-D dataset of strings")
+            if ds.shape == (C,):
+                names = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in ds[...].tolist()]
         known = {"ncli_format", "ncli_format_version", "num_classes", "feature_dim", "train_split", "global_mean",
                  "within_form", "min_per_class"}
         extra = {k: _plain(v) for k, v in attrs.items() if k not in known}
@@ -246,17 +268,27 @@ class StatisticsFile:
             weight=weight, bias=bias, class_names=names, min_per_class=min_per_class, attrs=extra,
         )
 
+    def _dataset(self, group: h5py.Group, key: str) -> h5py.Dataset:
+        if not self._local.has(group, key):
+            raise self._fail(f"{group.name.rstrip('/')}/{key} missing")
+        ds = self._local.dataset(group, key)
+        if ds is None:
+            raise self._fail(f"{group.name.rstrip('/')}/{key} is not a dataset")
+        return ds
+
     def _array(self, group: h5py.Group, key: str, shape: tuple, kind) -> np.ndarray:
-        ds = group[key]
+        ds = self._dataset(group, key)
         if ds.shape != shape:
             raise self._fail(f"{ds.name} has shape {ds.shape}, expected {shape}")
         if kind is int:
             if ds.dtype.kind not in "iu":
                 raise self._fail(f"{ds.name} must hold integers, not {ds.dtype}")
-            array = ds[...].astype(np.int64)
+            array = ds[...]
             if array.size and array.min() < 0:
                 raise self._fail(f"{ds.name} holds a negative count")
-            return array
+            if array.size and int(array.max()) > np.iinfo(np.int64).max:
+                raise self._fail(f"{ds.name} holds a count beyond int64")
+            return array.astype(np.int64)
         if ds.dtype.kind != "f":
             raise self._fail(f"{ds.name} must hold floats, not {ds.dtype}")
         array = ds[...].astype(np.float64)
@@ -265,10 +297,12 @@ class StatisticsFile:
         return array
 
     def _read_split(self, name: str, group: h5py.Group, C: int, p: int, form: str, within: bool) -> StoredSplit:
-        split = StoredSplit()
-        if "counts" in group or "sums" in group:
-            split.counts = self._array(group, "counts", (C,), int)
-            split.sums = self._array(group, "sums", (C, p), float)
+        split, local = StoredSplit(), self._local
+        if local.has(group, "counts") or local.has(group, "sums"):
+            rows = self._dataset(group, "counts").shape
+            rows = 1 if rows == (1,) else C  # (1,): a split fed without labels, one sum
+            split.counts = self._array(group, "counts", (rows,), int)
+            split.sums = self._array(group, "sums", (rows, p), float)
         decisions = attr_str(group.attrs.get("decisions"))
         if decisions is None:
             return split
@@ -285,9 +319,11 @@ class StatisticsFile:
         n = split.counters["num_samples"]
         if int(split.evaluated_counts.sum()) != n or any(split.counters[k] > n for k in COUNTERS):
             raise self._fail(f"/{name}: decision counts do not add up to num_samples {n}")
+        if int(split.disagree_per_class.sum()) != split.counters["disagree"]:
+            raise self._fail(f"/{name}: disagree_per_class does not add up to disagree")
         if within:
             split.ss_within = self._array(group, "ss_within", (C,), float)
-            shape = (p, p) if form == "scatter" else group["within"].shape
+            shape = (p, p) if form == "scatter" else self._dataset(group, "within").shape
             if form == "projected" and (len(shape) != 1 or shape[0] > min(C, p)):
                 raise self._fail(f"/{name}/within has shape {shape}, expected (k,) with k <= min(C, p)")
             split.within = self._array(group, "within", shape, float)

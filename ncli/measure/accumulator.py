@@ -40,7 +40,9 @@ from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method, s
 from ncli.measure.record import build_record
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 from ncli.measure.device_passes import DevicePasses
-from ncli.measure.stored import load_accumulator, ordered_results, record_model, save_accumulator
+from ncli.measure.stored import (
+    load_accumulator, ood_split, ordered_results, record_model, save_accumulator,
+)
 from ncli.measure.user_batches import Checker, as_array, device_of, host_decisions, to_host
 
 ENGINES = ("auto", "numpy", "torch")
@@ -74,6 +76,9 @@ class Accumulator:
     ``global_mean``: μ_G, "class" (mean of the class means) or "sample" (``--global-mean``).
     ``nc1_method``: how pass 2 keeps Σ_W: "auto" (the cheaper), "project" (on the span of the
       centred means: k numbers) or "scatter" (the p × p matrix: NC1 for either μ_G later).
+    ``min_per_class``: measure only the classes with at least that many samples in pass 1 of
+      the train split (``--min-per-class``): the model is fitted on them at freeze, and pass 2
+      leaves the other classes' rows out of every split (decisions among the kept classes).
     ``engine``: "auto" (CUDA tensors on their GPU, everything else with the numpy kernels),
       "numpy" (everything copied to the host), "torch" (tensors where they are, CPU ones too).
     ``threads``: compute threads of the numpy backend (default 1: the caller's loop runs in
@@ -92,7 +97,8 @@ class Accumulator:
 
     def __init__(
         self, num_classes: int, *, W=None, b=None, train_split: str = "train", global_mean: str = "class",
-        nc1_method: str = "auto", engine: str = "auto", threads: int = 1, class_names=None,
+        nc1_method: str = "auto", min_per_class: int | None = None, engine: str = "auto", threads: int = 1,
+        class_names=None,
         name: str = "<accumulator>", epoch: int | None = None, step: int | None = None, layer: str | None = None,
         attrs: dict | None = None,
     ):
@@ -102,9 +108,12 @@ class Accumulator:
             raise UsageError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
         if nc1_method not in NC1_METHODS or engine not in ENGINES:
             raise UsageError(f"nc1_method must be one of {NC1_METHODS} and engine one of {ENGINES}")
+        if min_per_class is not None and (isinstance(min_per_class, bool) or int(min_per_class) < 1):
+            raise UsageError(f"min_per_class must be a positive integer or None, not {min_per_class!r}")
         self.num_classes = int(num_classes)
         self.dim: int | None = None  # p, from the first batch (or the classifier)
         self.train_split, self.global_mean, self.nc1_method = train_split, global_mean, nc1_method
+        self.min_per_class = None if min_per_class is None else int(min_per_class)
         self.engine, self.threads = engine, int(threads)
         self.class_names = list(class_names) if class_names is not None else None
         self.name, self.epoch, self.step, self.layer = name, epoch, step, layer
@@ -150,8 +159,10 @@ class Accumulator:
 
     # -- pass 1 ---------------------------------------------------------------------------------
 
-    def update(self, features, labels, split: str = "train") -> None:
-        """Pass 1: add a batch's per-class counts and float64 sums to ``split``'s statistics."""
+    def update(self, features, labels=None, split: str = "train") -> None:
+        """Pass 1: add a batch's per-class counts and float64 sums to ``split``'s statistics.
+        ``labels=None``: rows of an out-of-distribution split (``measure(ood=split)``), summed
+        as one class."""
         self._usable()
         if self.model is not None:
             raise UsageError(f"update(): pass 1 has ended (the first evaluate() froze the class means); "
@@ -159,27 +170,39 @@ class Accumulator:
         if 1 in self.reduced:
             raise UsageError("update() after all_reduce(): the class sums are already summed over all processes")
         check = self._checker("update", split)
-        features, labels = as_array(features), as_array(labels)
+        features = as_array(features)
         n = check.features_shape(features)
+        rows = self.num_classes if labels is not None else 1  # an unlabelled split: one sum
+        if labels is None:
+            if split == self.train_split:
+                raise check.fail("labels are needed: this split defines the metrics (only an out-of-distribution "
+                                 "split is fed without labels)")
+            labels = np.zeros(n, dtype=np.int64)
+        labels = as_array(labels)
         check.labels_shape(labels, n)
+        known = self.class_stats.get(split)
+        if known is not None and known.counts.shape[0] != rows:
+            said = ("with labels", "without labels") if rows == 1 else ("without labels", "with labels")
+            raise check.fail(f"fed {said[1]}, but earlier batches of this split were fed {said[0]}")
         if self.dim is None:
             self.dim = int(features.shape[1])
-        if split not in self.class_stats:
-            self.class_stats[split] = ClassStatistics(self.num_classes, self.dim)
+        if known is None:
+            self.class_stats[split] = ClassStatistics(rows, self.dim)
         stats = self.class_stats[split]
         if self._on_device(features):
-            self._devices.update(features, labels, split, self.dim, check)
+            self._devices.update(features, labels, split, self.dim, check, rows)
             return
         H = to_host(features, "f")
         y = check.host_labels(to_host(labels, "i"))
         check.host_finite(H, "features")
-        self._numpy_backend().class_sums(array_blocks(H, y, self.num_classes), stats)
+        self._numpy_backend().class_sums(array_blocks(H, y, rows), stats)
 
     # -- between the passes -------------------------------------------------------------------
 
     def freeze(self) -> Model:
         """End pass 1: fit the model (class means, μ_G, basis, classifier) from the train
-        split's class statistics. The first evaluate() calls it; calling it again is a no-op."""
+        split's class statistics, on the classes ``min_per_class`` keeps. The first evaluate()
+        calls it; calling it again is a no-op."""
         self._usable()
         if self.model is not None:
             return self.model
@@ -191,7 +214,8 @@ class Accumulator:
                              "which defines the metrics (pass 1 comes first)")
         try:
             with single_threaded_blas():  # small products; the same bits as `ncli measure` of the saved file
-                model = Model.fit(stats, global_mean=self.global_mean, W=self.W, b=self.b, class_names=self.class_names)
+                model = Model.fit(stats, global_mean=self.global_mean, W=self.W, b=self.b, class_names=self.class_names,
+                                  min_per_class=self.min_per_class)
         except InputError as exc:
             raise InputError(f"split {self.train_split!r}: {exc}") from None
         p, k = model.basis.U.shape
@@ -224,7 +248,7 @@ class Accumulator:
             raise check.fail(f"{said[mode]}, but earlier batches of this split were {said[known]}; "
                              "give logits for every batch of a split or for none")
         if split not in self.results:
-            self.results[split] = SplitStatistics(self.num_classes, has_classifier=mode != "none",
+            self.results[split] = SplitStatistics(model.num_classes, has_classifier=mode != "none",
                                                   within=split == self.train_split)
         stats = self.results[split]
         view = model if mode != "logits" else self._without_classifier()
@@ -239,7 +263,7 @@ class Accumulator:
         if logits is not None:
             z = to_host(logits, "f")
             check.host_finite(z, "logits")
-            y_net = host_decisions(z)
+            y_net = model.select_decisions(z, y, host_decisions)
         target = _Decided(stats, y_net) if logits is not None else stats
         try:
             self._numpy_backend().evaluate(array_blocks(H, y, self.num_classes), view, target)
@@ -248,13 +272,16 @@ class Accumulator:
 
     # -- results --------------------------------------------------------------------------------
 
-    def measure(self, W=None, b=None, *, per_class: bool = False, global_mean: str | None = None) -> dict:
+    def measure(self, W=None, b=None, *, per_class: bool = False, global_mean: str | None = None,
+                ood: str | None = None) -> dict:
         """The ``ncli measure --json`` record (schema ncli.measure/1) of what was accumulated.
 
         ``W``, ``b``: the classifier, when it was not given before pass 2 (the network's
         decisions then came from logits); it is kept (``save`` stores it). Given again, it
         must be the one pass 2 used. ``global_mean``: another μ_G than the accumulator's,
-        possible when Σ_W was kept as the p × p scatter (``nc1_method="scatter"``)."""
+        possible when Σ_W was kept as the p × p scatter (``nc1_method="scatter"``). ``ood``:
+        a split fed to ``update`` (without labels, or with: they are ignored) whose mean
+        gives NC5; it is left out of the record's splits, as ``ncli measure --ood`` does."""
         model = self._ready("measure")
         if W is not None:
             W64, b64 = self._classifier(W, b)
@@ -269,13 +296,14 @@ class Accumulator:
                 )
             self.W, self.b = W64, b64
         source = {"file": self.name, "epoch": self.epoch, "step": self.step, "layer": self.layer}
+        results, ood_stats = ood_split(self.class_stats, self.results, ood, self.train_split, "measure(ood=...)")
         with single_threaded_blas():  # as `ncli measure` of a statistics file: the same bits
             model = record_model(model, self.class_stats[self.train_split], collected=self.global_mean,
                                  method=self.method, global_mean=global_mean or self.global_mean, W=self.W, b=self.b,
-                                 class_names=self.class_names, name=self.name)
+                                 class_names=self.class_names, name=self.name, min_per_class=self.min_per_class)
             return build_record(source, model, self.class_stats[self.train_split],
-                                ordered_results(self.results, self.train_split), train_split=self.train_split,
-                                per_class=per_class, class_names=self.class_names)
+                                ordered_results(results, self.train_split), train_split=self.train_split,
+                                per_class=per_class, class_names=self.class_names, ood_split=ood, ood_stats=ood_stats)
 
     def save(self, path, *, force: bool = False) -> Path:
         """Write the statistics file (``docs/format.md``) atomically; ``force`` replaces."""
@@ -283,10 +311,11 @@ class Accumulator:
         return save_accumulator(self, path, force=force)
 
     @classmethod
-    def load(cls, path) -> Accumulator:
+    def load(cls, path, *, allow_external: bool = False) -> Accumulator:
         """An accumulator holding a statistics file's content (pass 2 done: it can be
-        measured, and merged with others frozen from the same class sums)."""
-        return load_accumulator(cls, path)
+        measured, and merged with others frozen from the same class sums).
+        ``allow_external``: read what the file keeps in other files (``--allow-external``)."""
+        return load_accumulator(cls, path, allow_external=allow_external)
 
     # -- combining ------------------------------------------------------------------------------
 

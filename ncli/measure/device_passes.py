@@ -38,8 +38,9 @@ class DevicePasses:
             self.backends[key] = TorchBackend(key)
         return self.backends[key]
 
-    def update(self, features, labels, split: str, dim: int, check: Checker) -> None:
-        """Pass 1 of one batch (shapes already checked)."""
+    def update(self, features, labels, split: str, dim: int, check: Checker, rows: int) -> None:
+        """Pass 1 of one batch (shapes already checked) into ``rows`` sums (C, or 1 for a
+        split fed without labels)."""
         from ncli.measure.engine_torch import DeviceClassSums
 
         torch = torch_of(features)
@@ -54,7 +55,7 @@ class DevicePasses:
             y = y.clamp(0, self.num_classes - 1)
         key = (split, str(backend.device))
         if key not in self.class_sums:
-            self.class_sums[key] = DeviceClassSums(backend, self.num_classes, dim, check=False)
+            self.class_sums[key] = DeviceClassSums(backend, rows, dim, check=False)
         self.class_sums[key].add(Chunk(0, H, y))
         self.pending.append((check, flag))
         if len(self.pending) >= CHECK_EVERY:
@@ -75,13 +76,15 @@ class DevicePasses:
         if bool(bad.any()):
             row = int(torch.nonzero(bad)[0])
             raise check.fail(f"label {int(y[row])} outside [0, {self.num_classes})", row)
+        if model.classes is not None:  # the class selection maps host labels (Model.select)
+            y = y.cpu().numpy()
         target = stats
         if logits is not None:
             z = logits.detach() if torch_of(logits) is not None else torch.from_numpy(np.asarray(logits))
             finite = torch.isfinite(z).all(dim=1)
             if not bool(finite.all()):
                 raise check.fail("logits contain NaN or Inf", int(torch.nonzero(~finite)[0]))
-            target = decided(stats, torch.argmax(z, dim=1).cpu().numpy())
+            target = decided(stats, model.select_decisions(z, y, lambda z: torch.argmax(z, dim=1).cpu().numpy()))
         key = (check.split, str(backend.device), logits is not None)
         if key not in self.evaluations:
             self.evaluations[key] = DeviceEvaluation(backend, model, within, method)

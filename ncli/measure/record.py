@@ -97,7 +97,8 @@ def measure_file(
         from ncli.measure.stored import record_inputs
 
         with single_threaded_blas():  # as Accumulator.measure: the same bits
-            inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows)
+            inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows,
+                                   min_per_class=min_per_class, ood=ood, allow_external=allow_external)
             return build_record(**inputs, per_class=per_class)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path, allow_external=allow_external) as ff:

@@ -19,7 +19,7 @@ from ncli.errors import UsageError
 from ncli.measure.statistics import ClassStatistics, SplitStatistics
 
 CHUNK_VALUES = 4 << 20  # values gathered per collective call (× world size in memory)
-CONFIG = ("num_classes", "train_split", "global_mean", "nc1_method")
+CONFIG = ("num_classes", "train_split", "global_mean", "nc1_method", "min_per_class")
 INT_COUNTERS = ("num_samples", "net_correct", "ncc_correct", "disagree")
 
 
@@ -63,7 +63,10 @@ def merge_into(acc, other) -> None:
     acc.dim = acc.dim if acc.dim is not None else other.dim
     if acc.model is None:
         for name, stats in other.class_stats.items():
-            acc.class_stats.setdefault(name, ClassStatistics(acc.num_classes, acc.dim)).merge(stats)
+            mine = acc.class_stats.setdefault(name, ClassStatistics(stats.counts.shape[0], acc.dim))
+            if mine.counts.shape != stats.counts.shape:
+                raise UsageError(f"merge(): split {name!r} was fed with labels to one accumulator, without to the other")
+            mine.merge(stats)
         return
     if _pass1_digest(acc) != _pass1_digest(other):
         raise UsageError(
@@ -74,7 +77,8 @@ def merge_into(acc, other) -> None:
         mode = other.decisions[name]
         if acc.decisions.setdefault(name, mode) != mode:
             raise UsageError(f"merge(): split {name!r} was decided by {acc.decisions[name]} in one, by {mode} in the other")
-        acc.results.setdefault(name, SplitStatistics(acc.num_classes, result.has_classifier, within=result.within)).merge(result)
+        acc.results.setdefault(name, SplitStatistics(acc.model.num_classes, result.has_classifier,
+                                                     within=result.within)).merge(result)
 
 
 # -- torch.distributed ------------------------------------------------------------------------
@@ -98,7 +102,8 @@ def all_reduce(acc, group=None) -> None:
             error = exc
     meta = {"error": None if error is None else str(error), "phase": phase, "dim": acc.dim, **_config(acc)}
     meta["pass1"] = _pass1_digest(acc) if phase == 2 else None
-    meta["splits"] = sorted(acc.class_stats) if phase == 1 else dict(acc.decisions)
+    meta["splits"] = ({name: int(s.counts.shape[0]) for name, s in acc.class_stats.items()} if phase == 1
+                      else dict(acc.decisions))
     world = dist.get_world_size(group)
     metas: list = [None] * world
     dist.all_gather_object(metas, meta, group=group)
@@ -111,16 +116,21 @@ def all_reduce(acc, group=None) -> None:
         return  # no rank has seen a batch
     acc.dim = dims.pop()
     if phase == 1:
-        names = sorted({name for m in metas for name in m["splits"]})
-        for name in names:
-            acc.class_stats.setdefault(name, ClassStatistics(acc.num_classes, acc.dim))
-        stats = [acc.class_stats[name] for name in names]
+        rows = {}
+        for m in metas:
+            for name, size in m["splits"].items():
+                rows.setdefault(name, size)
+        for name in sorted(rows):
+            acc.class_stats.setdefault(name, ClassStatistics(rows[name], acc.dim))
+        stats = [acc.class_stats[name] for name in sorted(rows)]
         counts = _sum_in_rank_order(np.concatenate([s.counts for s in stats]), group, world)
         sums = _sum_in_rank_order(np.concatenate([s.sums.ravel() for s in stats]), group, world)
-        size = acc.num_classes
-        for i, s in enumerate(stats):
-            s.counts[...] = counts[i * size:(i + 1) * size]
-            s.sums[...] = sums[i * size * acc.dim:(i + 1) * size * acc.dim].reshape(s.sums.shape)
+        at = 0
+        for s in stats:  # each split's C rows (1 for a split fed without labels)
+            size = s.counts.shape[0]
+            s.counts[...] = counts[at:at + size]
+            s.sums[...] = sums[at * acc.dim:(at + size) * acc.dim].reshape(s.sums.shape)
+            at += size
     else:
         modes = {}
         for m in metas:
@@ -128,7 +138,8 @@ def all_reduce(acc, group=None) -> None:
                 modes.setdefault(name, mode)
         for name in sorted(modes):
             acc.decisions.setdefault(name, modes[name])
-            acc.results.setdefault(name, SplitStatistics(acc.num_classes, modes[name] != "none", within=name == acc.train_split))
+            acc.results.setdefault(name, SplitStatistics(acc.model.num_classes, modes[name] != "none",
+                                                         within=name == acc.train_split))
         _reduce_results(acc, [acc.results[name] for name in sorted(modes)], group, world)
     acc.reduced.add(phase)
 
@@ -149,6 +160,12 @@ def _agree(metas: list[dict]) -> None:
     dims = {m["dim"] for m in metas if m["dim"] is not None}
     if len(dims) > 1:
         raise UsageError(f"all_reduce(): the ranks' features differ in p ({', '.join(map(str, sorted(dims)))})")
+    if first["phase"] == 1:
+        rows: dict = {}
+        for m in metas:
+            for name, size in m["splits"].items():
+                if rows.setdefault(name, size) != size:
+                    raise UsageError(f"all_reduce(): split {name!r} was fed with labels on one rank, without on another")
     if first["phase"] == 2:
         seen: dict = {}
         for m in metas:
@@ -163,13 +180,14 @@ def _reduce_results(acc, results: list[SplitStatistics], group, world: int) -> N
          for r in results]
     )
     ints = _sum_in_rank_order(ints, group, world)
-    size = len(INT_COUNTERS) + 2 * acc.num_classes
+    measured = acc.model.num_classes  # the classes kept by a selection (--min-per-class)
+    size = len(INT_COUNTERS) + 2 * measured
     for i, r in enumerate(results):
         part = ints[i * size:(i + 1) * size]
         for j, key in enumerate(INT_COUNTERS):
             setattr(r, key, int(part[j]))
-        r.class_counts = part[len(INT_COUNTERS):len(INT_COUNTERS) + acc.num_classes].copy()
-        r.disagree_per_class = part[len(INT_COUNTERS) + acc.num_classes:].copy()
+        r.class_counts = part[len(INT_COUNTERS):len(INT_COUNTERS) + measured].copy()
+        r.disagree_per_class = part[len(INT_COUNTERS) + measured:].copy()
     train = acc.results.get(acc.train_split)
     if train is None:
         return
@@ -178,8 +196,8 @@ def _reduce_results(acc, results: list[SplitStatistics], group, world: int) -> N
     if within is None:
         within = np.zeros((acc.dim, acc.dim) if scatter else acc.model.basis.U.shape[1])
     floats = _sum_in_rank_order(np.concatenate([train.ss_within, within.ravel()]), group, world)
-    train.ss_within = floats[:acc.num_classes].copy()
-    total = floats[acc.num_classes:].reshape(within.shape).copy()
+    train.ss_within = floats[:measured].copy()
+    total = floats[measured:].reshape(within.shape).copy()
     train.scatter, train.proj_ss = (total, None) if scatter else (None, total)
 
 

@@ -42,6 +42,17 @@ class ClassStatistics:
         self.counts += other.counts
 
 
+def kept_classes(counts: np.ndarray, min_per_class: int | None) -> np.ndarray | None:
+    """The class selection of ``--min-per-class``: the indices of the classes with at least
+    ``min_per_class`` train samples, in increasing order; None when every class is kept."""
+    if min_per_class is None:
+        return None
+    if min_per_class < 1:
+        raise ValueError("min_per_class must be at least 1")
+    keep = np.flatnonzero(counts >= min_per_class)
+    return None if keep.size == counts.shape[0] else keep
+
+
 @dataclass(frozen=True, eq=False)
 class Model:
     """What pass 2 evaluates against: built from the class statistics of the split that
@@ -71,22 +82,19 @@ class Model:
         least ``min_per_class`` train samples are measured (at least 2 of them)."""
         counts, sums = stats.counts, stats.sums
         num_file_classes = counts.shape[0]
-        classes = None
+        classes = kept_classes(counts, min_per_class)
         if min_per_class is not None:
-            if min_per_class < 1:
-                raise ValueError("min_per_class must be at least 1")
-            keep = np.flatnonzero(counts >= min_per_class)
-            if keep.size < 2:
+            kept = num_file_classes if classes is None else classes.size
+            if kept < 2:
                 raise InputError(
-                    f"{keep.size} of {num_file_classes} classes have at least {min_per_class} train samples "
+                    f"{kept} of {num_file_classes} classes have at least {min_per_class} train samples "
                     "(--min-per-class); Neural Collapse metrics need at least 2"
                 )
-            if keep.size < num_file_classes:
-                classes = keep
-                counts, sums = counts[keep], sums[keep]
+            if classes is not None:
+                counts, sums = counts[classes], sums[classes]
                 if W is not None:
-                    W = W[keep]
-                    b = None if b is None else b[keep]
+                    W = W[classes]
+                    b = None if b is None else b[classes]
         means = metrics.class_means(counts, sums, class_names, hint=MIN_PER_CLASS_HINT)
         mu_g = metrics.global_mean(means, counts, sums, global_mean)
         basis = metrics.between_basis(means - mu_g)
@@ -121,6 +129,14 @@ class Model:
             return Chunk(block.start, block.features, mapped), None
         rows = np.flatnonzero(keep)
         return Chunk(block.start, block.features[rows], mapped[rows]), rows
+
+    def select_decisions(self, logits, labels: np.ndarray, argmax) -> np.ndarray:
+        """The network decisions of rows given with their ``logits`` (n, C_file): ``argmax``
+        among the measured classes' columns (as measured indices), for the rows :meth:`select`
+        keeps (``labels``: the rows' file labels), in row order."""
+        if self.classes is None:
+            return argmax(logits)
+        return argmax(logits[:, self.classes])[self.label_map[labels] >= 0]
 
     @property
     def num_classes(self) -> int:
