@@ -1,0 +1,203 @@
+"""The per-class view (``ncli compare --plot-per-class``): where one class does not collapse.
+
+Heat maps of class × checkpoint, one row of panels per training run, from the ``per_class``
+rows of the records (``ncli measure --per-class``; compare measures feature files with them):
+
+- cos(w_c, μ_c − μ_G): classifier–mean alignment of each class (NC3 per class), 1 when dual;
+- σ_c² / ‖μ_c − μ_G‖²: within-class spread against the distance to the global mean (NC1 per
+  class), log colour scale;
+- ‖μ_c − μ_G‖ over the mean of the classes' norms: equinorm per class (NC2), 1 when equal;
+- NCC disagreement per class on the headline split (test when there is one; NC4).
+
+In the first three, yellow is collapsed. The record holds no pairwise cosines cos(μ_c, μ_c')
+(they are C² numbers a record would carry for every checkpoint), so the view draws what each
+class has. Above ``MAX_CLASSES`` classes (a vocabulary) only the least collapsed are drawn:
+those with the largest σ_c² / ‖μ_c − μ_G‖² at the run's last checkpoint; the title says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ncli.compare.plot import figure_text, new_figure
+from ncli.compare.series import Series
+from ncli.errors import UsageError
+
+MAX_CLASSES = 64  # heat-map rows per run; above, the least collapsed classes
+MAX_LABELS = 32  # tick labels per axis; above, every k-th
+MISSING_COLOR = "0.85"  # a class not measured at a checkpoint, or a value not available
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One heat map: a number of each class at each checkpoint."""
+
+    key: str
+    label: str
+    colormap: str
+    log: bool = False
+    centre: float | None = None  # a diverging colour scale around this value
+
+
+COS_CLASSIFIER_MEAN = Quantity("cos_classifier_mean", r"$\cos(w_c,\ \mu_c-\mu_G)$", "viridis")
+VARIABILITY = Quantity("variability", r"$\sigma_c^2\ /\ \|\mu_c-\mu_G\|^2$ (log)", "viridis_r", log=True)
+RELATIVE_NORM = Quantity("relative_norm", r"$\|\mu_c-\mu_G\|$ / mean over classes", "RdBu_r", centre=1.0)
+NCC_DISAGREEMENT = Quantity("ncc_disagreement", "NCC disagreement", "viridis_r")
+QUANTITIES = (COS_CLASSIFIER_MEAN, VARIABILITY, RELATIVE_NORM, NCC_DISAGREEMENT)
+
+
+@dataclass
+class PerClassView:
+    """What one run's row of heat maps shows: ``values[key]`` is (classes × checkpoints), NaN
+    where a class was not measured or a value is not available."""
+
+    label: str
+    classes: list[int]  # the file's class indices, in row order
+    names: list[str]  # their tick labels
+    x: list[str]  # the checkpoints' column labels
+    total_classes: int  # classes the run has per-class rows for (> len(classes) when selected)
+    headline: str  # the split of the NCC disagreement
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _ratio(num, den) -> float:
+    if num is None or den is None or not den:
+        return math.nan
+    return float(num) / float(den)
+
+
+def _row_values(record: dict, headline: str) -> dict[int, dict[str, float]]:
+    """The quantities of each class of one record, by class index."""
+    rows = record.get("per_class") or []
+    dists = [row.get("mean_dist") for row in rows if row.get("mean_dist") is not None]
+    mean_dist = float(np.mean(dists)) if dists else math.nan
+    out = {}
+    for row in rows:
+        dist = row.get("mean_dist")
+        cos = row.get("cos_classifier_mean")
+        disagreement = (row.get("ncc_disagreement") or {}).get(headline)
+        out[int(row["class"])] = {
+            COS_CLASSIFIER_MEAN.key: math.nan if cos is None else float(cos),
+            VARIABILITY.key: _ratio(row.get("sigma2"), None if dist is None else dist * dist),
+            RELATIVE_NORM.key: _ratio(dist, mean_dist),
+            NCC_DISAGREEMENT.key: math.nan if disagreement is None else float(disagreement),
+        }
+    return out
+
+
+def _headline(records: list[dict]) -> str:
+    """The split whose NCC disagreement is drawn: test when the run has it, as measure's headline."""
+    splits = [s for r in records for s in r.get("splits", {})]
+    if "test" in splits:
+        return "test"
+    return records[-1].get("train_split") or "train"
+
+
+def _column_label(record: dict, index: int) -> str:
+    epoch = record.get("epoch")
+    return f"{epoch}" if epoch is not None else f"#{index}"
+
+
+def per_class_view(series: Series) -> PerClassView:
+    """The heat maps' numbers for one run (see the module docstring)."""
+    records = series.records
+    headline = _headline(records)
+    columns = [_row_values(r, headline) for r in records]
+    names: dict[int, str] = {}
+    for record in records:
+        for row in record.get("per_class") or []:
+            names.setdefault(int(row["class"]), row.get("name") or str(row["class"]))
+    classes = sorted(names)
+    total = len(classes)
+    if total > MAX_CLASSES:
+        last = next(column for column in reversed(columns) if column)
+        spread = {c: last.get(c, {}).get(VARIABILITY.key, math.nan) for c in classes}
+        ranked = sorted(classes, key=lambda c: (not spread[c] > -math.inf, -spread[c] if spread[c] == spread[c] else 0, c))
+        classes = sorted(ranked[:MAX_CLASSES])
+    view = PerClassView(
+        label=series.label, classes=classes, names=[figure_text(names[c]) for c in classes],
+        x=[_column_label(r, i) for i, r in enumerate(records)], total_classes=total, headline=headline,
+    )
+    for quantity in QUANTITIES:
+        matrix = np.full((len(classes), len(records)), math.nan)
+        for j, column in enumerate(columns):
+            for i, c in enumerate(classes):
+                if c in column:
+                    matrix[i, j] = column[c][quantity.key]
+        view.values[quantity.key] = matrix
+    return view
+
+
+def _ticks(count: int) -> list[int]:
+    step = max(1, math.ceil(count / MAX_LABELS))
+    return list(range(0, count, step))
+
+
+def _norm(quantity: Quantity, matrix: np.ndarray):
+    from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+
+    finite = matrix[np.isfinite(matrix)]
+    if quantity.log:
+        positive = finite[finite > 0]
+        if positive.size:
+            low, high = float(positive.min()), float(positive.max())
+            return LogNorm(low, high if high > low else low * 10)
+        return Normalize(0, 1)
+    if quantity.centre is not None:
+        spread = float(np.max(np.abs(finite - quantity.centre))) if finite.size else 0.0
+        spread = spread or 0.5
+        return TwoSlopeNorm(quantity.centre, quantity.centre - spread, quantity.centre + spread)
+    if quantity is COS_CLASSIFIER_MEAN:
+        return Normalize(min(0.0, float(finite.min())) if finite.size else 0.0, 1.0)
+    return Normalize(0.0, max(float(finite.max()) if finite.size else 0.0, 1e-12))
+
+
+def build_per_class_figure(runs: list[Series]):
+    """Heat maps of every quantity (columns) for every run (rows); returns the Figure. Raises
+    UsageError when no record has per-class rows."""
+    runs = [run for run in runs if any(r.get("per_class") for r in run.records)]
+    if not runs:
+        raise UsageError(
+            "--plot-per-class: the records have no per-class rows; give feature files, or the lines of "
+            "`ncli measure --per-class --json`"
+        )
+    from matplotlib import colormaps
+
+    views = [per_class_view(run) for run in runs]
+    tallest = max(len(view.classes) for view in views)
+    row_height = 2.2 + 0.09 * min(tallest, MAX_CLASSES)
+    fig, axes = new_figure(len(views), len(QUANTITIES), (15, row_height * len(views) + 0.6))
+    for row, view in enumerate(views):
+        for col, quantity in enumerate(QUANTITIES):
+            ax = axes[row * len(QUANTITIES) + col]
+            matrix = view.values[quantity.key]
+            cmap = colormaps[quantity.colormap].with_extremes(bad=MISSING_COLOR)
+            image = ax.imshow(
+                np.ma.masked_invalid(matrix), aspect="auto", interpolation="nearest", cmap=cmap,
+                norm=_norm(quantity, matrix),
+            )
+            image.set_gid(quantity.key)
+            fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+            label = quantity.label
+            if quantity is NCC_DISAGREEMENT:
+                label = f"{label} ({figure_text(view.headline)})"
+            ax.set_title(label, fontsize=10)
+            columns = _ticks(len(view.x))
+            ax.set_xticks(columns, [view.x[j] for j in columns], fontsize=8)
+            ax.set_xlabel("epoch" if not any(x.startswith("#") for x in view.x) else "checkpoint")
+            rows = _ticks(len(view.classes))
+            ax.set_yticks(rows, [view.names[i] for i in rows], fontsize=7 if len(view.classes) > 16 else 8)
+            if col == 0:
+                ax.set_ylabel(_row_title(view), fontsize=9)
+    fig.suptitle("Per-class collapse: class × checkpoint (yellow: collapsed)", fontsize=12)
+    return fig
+
+
+def _row_title(view: PerClassView) -> str:
+    name = f"{figure_text(view.label)}: " if view.label else ""
+    if len(view.classes) < view.total_classes:
+        return f"{name}{len(view.classes)} least collapsed of {view.total_classes:,} classes"
+    return f"{name}class"
