@@ -136,7 +136,7 @@ def _set_xscale(ax, scale: str) -> None:
         from matplotlib.ticker import FuncFormatter
 
         ax.set_xscale("symlog", linthresh=1)
-        ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+        ax.xaxis.set_major_formatter(FuncFormatter(tick_text))
     elif scale == "log":
         ax.set_xscale("log")
         log_ticks(ax.xaxis)
@@ -308,7 +308,7 @@ def _x_text(x: float, xlabel: str) -> str:
     return f"epoch {x:g}" if xlabel == "epoch" else f"run {x:g}"
 
 
-def _tick_text(value: float, _position=None) -> str:
+def tick_text(value: float, _position=None) -> str:
     return f"{value:g}"
 
 
@@ -339,7 +339,7 @@ def log_ticks(axis) -> None:
         above = min((t for t in ticks if t >= high), default=high)
         set_lim(below, above)
     axis.set_major_locator(locator)
-    axis.set_major_formatter(FuncFormatter(_tick_text))
+    axis.set_major_formatter(FuncFormatter(tick_text))
     axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(d) for d in range(2, 10)), numticks=12))
     axis.set_minor_formatter(NullFormatter())
 

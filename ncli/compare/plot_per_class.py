@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ncli.compare.plot import figure_text, new_figure
+from ncli.compare.plot import figure_text, new_figure, tick_text
 from ncli.compare.series import Series
 from ncli.errors import UsageError
 
@@ -149,7 +149,7 @@ def _norm(quantity: Quantity, matrix: np.ndarray):
     if quantity.centre is not None:
         spread = float(np.max(np.abs(finite - quantity.centre))) if finite.size else 0.0
         spread = spread or 0.5
-        return TwoSlopeNorm(quantity.centre, quantity.centre - spread, quantity.centre + spread)
+        return TwoSlopeNorm(quantity.centre, max(0.0, quantity.centre - spread), quantity.centre + spread)
     if quantity is COS_CLASSIFIER_MEAN:
         return Normalize(min(0.0, float(finite.min())) if finite.size else 0.0, 1.0)
     return Normalize(0.0, max(float(finite.max()) if finite.size else 0.0, 1e-12))
@@ -165,6 +165,7 @@ def build_per_class_figure(runs: list[Series]):
             "`ncli measure --per-class --json`"
         )
     from matplotlib import colormaps
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     views = [per_class_view(run) for run in runs]
     tallest = max(len(view.classes) for view in views)
@@ -180,7 +181,11 @@ def build_per_class_figure(runs: list[Series]):
                 norm=_norm(quantity, matrix),
             )
             image.set_gid(quantity.key)
-            fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+            colorbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+            if quantity.log:  # plain numbers (0.1, 0.2, 0.5), as on the figure's log axes
+                colorbar.ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                colorbar.ax.yaxis.set_major_formatter(FuncFormatter(tick_text))
+                colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
             label = quantity.label
             if quantity is NCC_DISAGREEMENT:
                 label = f"{label} ({figure_text(view.headline)})"
