@@ -41,11 +41,11 @@ def compare(
     ),
     group: Optional[str] = typer.Option(
         None, "--group", metavar="REGEX",
-        help="For --plot: which inputs form one training run (one colour each). A regular expression searched in each file path; its first group (or the whole match) names the run, e.g. --group '(mlp|cnn)_epoch' or --group 'runs/([^/]+)/'. Default: a run name stored in the records, else the folder.",
+        help="For --plot and --plot-per-class: which inputs form one training run (a colour or a row each). A regular expression searched in each file path; its first group (or the whole match) names the run, e.g. --group '(mlp|cnn)_epoch' or --group 'runs/([^/]+)/'. Default: a run name stored in the records, else the folder.",
     ),
     plot_per_class: Optional[Path] = typer.Option(
         None, "--plot-per-class", metavar="OUT.{png,pdf,svg}",
-        help="Also draw per-class heat maps (class x checkpoint) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2 and NCC disagreement, one row per run; feature files are measured with --per-class, JSON lines need `ncli measure --per-class`.",
+        help="Also draw per-class heat maps (class x checkpoint, a row per run) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2, ||mu_c - mu_G|| over its mean and NCC disagreement; above 64 classes the 64 least collapsed. Feature files are measured with --per-class; JSON lines need `ncli measure --per-class`.",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot / --plot-per-class file."),
     order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),
