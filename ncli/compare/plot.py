@@ -47,6 +47,7 @@ CLASSIFIERS_LABEL = r"classifiers ($w_c$)"
 TERMINAL_PHASE_GID = "terminal-phase"  # the vertical line where train error reaches 0
 TERMINAL_PHASE_COLOR = "0.45"
 TERMINAL_PHASE_STYLE = {"linestyle": ":", "linewidth": 1.3}
+LOG_TICK_SUBS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(d) for d in range(1, 10)))
 
 
 def require_matplotlib():
@@ -313,10 +314,9 @@ def tick_text(value: float, _position=None) -> str:
 
 
 def log_ticks(axis) -> None:
-    """Enough labelled ticks on a logarithmic ``axis`` (an Axis of a drawn Axes): decades when
-    the data span more than three, else 1-2-5 or every digit of each decade, written as plain
-    numbers; a range inside one decade is widened to the ticks around it, so at least two
-    labels show."""
+    """Enough labelled ticks on a logarithmic ``axis`` (an Axis of a drawn Axes), written as
+    plain numbers: decades, or the coarsest of 1-2-5, 1-2-3-5 and every digit that puts three
+    labels in view; a range too short for two is widened to the ticks around it."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax = axis.axes
@@ -324,15 +324,11 @@ def log_ticks(axis) -> None:
     low, high = sorted(get_lim())
     if not (low > 0 and high > low):
         return
-    decades = math.log10(high / low)
-    if decades > 3:
-        subs = (1.0,)
-    elif decades > 1:
-        subs = (1.0, 2.0, 5.0)
-    else:
-        subs = tuple(float(d) for d in range(1, 10))
-    locator = LogLocator(base=10, subs=subs, numticks=12)
-    inside = [t for t in locator.tick_values(low, high) if low <= t <= high]
+    for subs in LOG_TICK_SUBS:
+        locator = LogLocator(base=10, subs=subs, numticks=12)
+        inside = [t for t in locator.tick_values(low, high) if low <= t <= high]
+        if len(inside) >= 3:
+            break
     if len(inside) < 2:  # widen to the ticks just outside
         ticks = list(locator.tick_values(low / 10, high * 10))
         below = max((t for t in ticks if t <= low), default=low)
