@@ -108,7 +108,7 @@ def test_runs_are_grouped_by_folder_one_colour_and_line_each(two_folders, tmp_pa
     assert [list(line.get_xdata()) for line in lines] == [[1, 4, 16], [2, 8]]  # first run: the earliest epoch
     assert lines[0].get_color() != lines[1].get_color()
     labels = _legend_labels(fig)
-    assert [label.split("  (")[0] for label in labels[:2]] == [str(root / "alpha"), str(root / "beta")]
+    assert [label.split("  (")[0] for label in labels[:2]] == ["alpha", "beta"]  # what tells the folders apart
     assert fig.legends[0].get_title().get_text() == "runs"
     # each NC2 panel: means and classifiers per run, told apart by line style
     equinorm = _data_lines(_by_title(fig)[registry.EQUINORM_PANEL.title])
@@ -128,6 +128,17 @@ def test_group_regex_names_the_runs_by_its_first_group(tmp_path, figures):
     figures.clear()
     _ok(_compare([*files, "--group", r"mlp|cnn", "--plot", str(tmp_path / "g.png")]))
     assert [label.split("  (")[0] for label in _legend_labels(figures[0][1])][:2] == ["mlp", "cnn"]
+
+
+def test_a_stored_run_name_groups_records_of_one_folder(tmp_path, figures):
+    records = [_record(f"ckpts/e{e}.h5", e, 0.9, 1.0 / e) for e in (1, 2, 3, 4)]
+    for record, run in zip(records, ("seed0", "seed1", "seed0", "seed1")):
+        record["run"] = run
+    _ok(_compare(["-", "--plot", str(tmp_path / "f.png")], input="".join(json.dumps(r) + "\n" for r in records)))
+    fig = figures[0][1]
+    assert _legend_labels(fig)[:2] == ["seed0", "seed1"]
+    lines = _data_lines(_by_title(fig)[registry.NC1_PANEL.title])
+    assert [list(line.get_xdata()) for line in lines] == [[1, 3], [2, 4]]
 
 
 def test_one_folder_is_one_run_drawn_as_before(two_folders, tmp_path, figures):

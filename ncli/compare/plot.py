@@ -253,7 +253,7 @@ def build_runs_figure(runs: list[Series]):
             for ax in axes:
                 ax.axvline(start, color=marker_color, gid=TERMINAL_PHASE_GID, **TERMINAL_PHASE_STYLE)
         if not single:
-            label = figure_text(run.label) + ("" if start is None else f"  (train error 0 at {_x_text(start, xlabel)})")
+            label = _short(figure_text(run.label)) + ("" if start is None else f"  (train error 0 at {_x_text(start, xlabel)})")
             handles.append(Line2D([], [], color=color, marker="o", markersize=3, label=label))
         elif start is not None:
             handles.append(
@@ -293,8 +293,10 @@ def build_runs_figure(runs: list[Series]):
     ]
     if not single and any(h.get_label().endswith(")") for h in handles):
         series.append(Line2D([], [], color=style_color, label="train error reaches 0", **TERMINAL_PHASE_STYLE))
+    entries = handles + series
     fig.legend(
-        handles=handles + series, loc="lower right", bbox_to_anchor=(0.97, 0.06), frameon=False, fontsize=10,
+        handles=entries, loc="lower right", bbox_to_anchor=(0.97, 0.06), frameon=False,
+        fontsize=10 if len(entries) <= 12 else 8, ncols=1 if len(entries) <= 14 else 2,
         title=None if single else "runs", alignment="left",
     )
     checkpoints = f"{len(all_records)} checkpoint{'s' if len(all_records) != 1 else ''}"
@@ -303,6 +305,11 @@ def build_runs_figure(runs: list[Series]):
         f"Neural Collapse over {what} (Papyan, Han & Donoho, PNAS 2020){_classes_note(all_records)}", fontsize=12,
     )
     return fig
+
+
+def _short(label: str, width: int = 32) -> str:
+    """A run's legend label, its start cut when long (paths differ at the end)."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
 
 
 def _x_text(x: float, xlabel: str) -> str:

@@ -50,13 +50,28 @@ def run_name(record: dict, pattern: re.Pattern | None = None) -> str:
     stored = record.get("run")
     if isinstance(stored, str) and stored:
         return stored
-    return os.path.dirname(path) or "."
+    return _folder(record)
 
 
 def group_series(records: list[dict], pattern: re.Pattern | None = None) -> list[Series]:
-    """The records as runs (see the module docstring)."""
+    """The records as runs (see the module docstring). Runs named by their folders are
+    labelled by what tells the folders apart (``runs/mlp``, ``runs/cnn``: ``mlp``, ``cnn``)."""
     runs: dict[str, Series] = {}
     for record in records:
         name = run_name(record, pattern)
         runs.setdefault(name, Series(name)).records.append(record)
+    folders = [run for run in runs.values() if pattern is None and run.label == _folder(run.records[0])]
+    if len(folders) > 1:
+        try:
+            common = os.path.commonpath([run.label for run in folders])
+        except ValueError:  # absolute and relative folders together
+            common = ""
+        short = [os.path.relpath(run.label, common) if common else run.label for run in folders]
+        if all(label and not label.startswith("..") and label != "." for label in short):
+            for run, label in zip(folders, short):
+                run.label = label
     return list(runs.values())
+
+
+def _folder(record: dict) -> str:
+    return os.path.dirname(record["file"]) or "."
