@@ -257,16 +257,21 @@ def test_by_layer_figure_labels_its_y_axes(tmp_path, figures):
 
 
 def _class_numbers(path):
-    """cos(w_c, μ_c − μ_G) and σ_c² / ‖μ_c − μ_G‖² straight from the file (numpy, float64)."""
+    """cos(w_c, μ_c − μ_G), σ_c² / ‖μ_c − μ_G‖² and the pairwise cosines of the centred means
+    and of classifiers with them, straight from the file (numpy, float64)."""
     with h5py.File(path, "r") as f:
         features = f["train/features"][...].astype(np.float64)
         labels = f["train/labels"][...]
         weight = f["classifier/weight"][...].astype(np.float64)
     means = np.stack([features[labels == c].mean(0) for c in range(CLASSES)])
     centred = means - means.mean(0)
-    cos = np.einsum("cd,cd->c", weight, centred) / (np.linalg.norm(weight, axis=1) * np.linalg.norm(centred, axis=1))
+    unit_means = centred / np.linalg.norm(centred, axis=1)[:, None]
+    unit_weight = weight / np.linalg.norm(weight, axis=1)[:, None]
     sigma2 = np.array([((features[labels == c] - means[c]) ** 2).sum(1).mean() for c in range(CLASSES)])
-    return cos, sigma2 / (centred**2).sum(1)
+    return {
+        "cos": np.diag(unit_weight @ unit_means.T), "variability": sigma2 / (centred**2).sum(1),
+        "cos_means": unit_means @ unit_means.T, "cos_classifier_means": unit_weight @ unit_means.T,
+    }
 
 
 def test_per_class_heat_maps_hold_the_files_numbers(two_folders, tmp_path, figures):
@@ -275,17 +280,21 @@ def test_per_class_heat_maps_hold_the_files_numbers(two_folders, tmp_path, figur
     _ok(_compare([*files["alpha"], *files["beta"], "--plot-per-class", str(out), "--csv"]))
     assert out.read_bytes().startswith(b"\x89PNG")
     [(_, fig)] = figures
-    images = {image.get_gid(): image.get_array() for ax in fig.axes for image in ax.images}
-    assert len([ax for ax in fig.axes if ax.images]) == 2 * len(plot_per_class.QUANTITIES)  # a row per run
-    first_row = {image.get_gid(): np.ma.filled(image.get_array(), np.nan) for ax in fig.axes[:4] for image in ax.images}  # row 1: alpha
-    assert set(images) == {quantity.key for quantity in plot_per_class.QUANTITIES}
-    cos = first_row["cos_classifier_mean"]
-    variability = first_row["variability"]
-    assert cos.shape == (CLASSES, 3)
+    maps = [ax for ax in fig.axes if ax.images]
+    per_run = len(plot_per_class.QUANTITIES) + len(plot_per_class.PAIRWISE)
+    assert len(maps) == 2 * per_run  # the maps of two runs
+    alpha = {ax.images[0].get_gid(): np.ma.filled(ax.images[0].get_array(), np.nan) for ax in maps[:per_run]}
+    assert set(alpha) == {q.key for q in plot_per_class.QUANTITIES} | {"cos_means", "cos_classifier_means"}
+    assert alpha["cos_classifier_mean"].shape == (CLASSES, 3)
     for column, path in enumerate(files["alpha"]):
-        expected_cos, expected_variability = _class_numbers(path)
-        np.testing.assert_allclose(cos[:, column], expected_cos, rtol=1e-9)
-        np.testing.assert_allclose(variability[:, column], expected_variability, rtol=1e-9)
+        expected = _class_numbers(path)
+        np.testing.assert_allclose(alpha["cos_classifier_mean"][:, column], expected["cos"], rtol=1e-9)
+        np.testing.assert_allclose(alpha["variability"][:, column], expected["variability"], rtol=1e-9)
+    last = _class_numbers(files["alpha"][-1])  # the pairwise maps: the run's last checkpoint
+    np.testing.assert_allclose(alpha["cos_means"], last["cos_means"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(alpha["cos_classifier_means"], last["cos_classifier_means"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.diag(alpha["cos_classifier_means"]), alpha["cos_classifier_mean"][:, -1], rtol=1e-12)
+    assert "epoch 16" in [ax for ax in maps if ax.images[0].get_gid() == "cos_means"][0].get_title()
 
 
 def test_per_class_above_the_limit_keeps_the_least_collapsed_classes(tmp_path, figures):

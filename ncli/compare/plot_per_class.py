@@ -9,9 +9,11 @@ rows of the records (``ncli measure --per-class``; compare measures feature file
 - ‖μ_c − μ_G‖ over the mean of the classes' norms: equinorm per class (NC2), 1 when equal;
 - NCC disagreement per class on the headline split (test when there is one; NC4).
 
-In the first three, yellow is collapsed. The record holds no pairwise cosines cos(μ_c, μ_c')
-(they are C² numbers a record would carry for every checkpoint), so the view draws what each
-class has. Above ``MAX_CLASSES`` classes (a vocabulary) only the least collapsed are drawn:
+In the first three, yellow is collapsed. Beside them, at the run's last checkpoint, the
+pairwise cosines cos(μ_c − μ_G, μ_c' − μ_G) and cos(w_c, μ_c' − μ_G) (C × C; −1/(C−1) off the
+diagonal at collapse, and a diagonal of 1 for the classifiers) when the records carry them
+(``class_cosines``: compare measures feature files with them up to 64 classes; ``ncli measure
+--json`` records do not). Above ``MAX_CLASSES`` classes (a vocabulary) only the least collapsed are drawn:
 those with the largest σ_c² / ‖μ_c − μ_G‖² at the run's last checkpoint; the title says so.
 """
 
@@ -156,49 +158,107 @@ def _norm(quantity: Quantity, matrix: np.ndarray):
 
 
 def build_per_class_figure(runs: list[Series]):
-    """Heat maps of every quantity (columns) for every run (rows); returns the Figure. Raises
-    UsageError when no record has per-class rows."""
+    """Heat maps of every quantity for every run (a row, or two with the pairwise maps, per
+    run); returns the Figure. Raises UsageError when no record has per-class rows."""
     runs = [run for run in runs if any(r.get("per_class") for r in run.records)]
     if not runs:
         raise UsageError(
             "--plot-per-class: the records have no per-class rows; give feature files, or the lines of "
             "`ncli measure --per-class --json`"
         )
+    views = [per_class_view(run) for run in runs]
+    pairs = [pairwise_view(run) for run in runs]
+    slots = len(QUANTITIES) + (len(PAIRWISE) if any(pairs) else 0)
+    columns = 3 if slots > len(QUANTITIES) else len(QUANTITIES)
+    rows_per_run = math.ceil(slots / columns)
+    tallest = max(len(view.classes) for view in views)
+    row_height = 2.6 + 0.07 * min(tallest, MAX_CLASSES)
+    fig, axes = new_figure(len(views) * rows_per_run, columns, (15, row_height * rows_per_run * len(views) + 0.6))
+    for index, (view, pair) in enumerate(zip(views, pairs)):
+        run_axes = axes[index * rows_per_run * columns:(index + 1) * rows_per_run * columns]
+        for ax, quantity in zip(run_axes, QUANTITIES):
+            _draw_quantity(fig, ax, view, quantity)
+        for ax, (key, title) in zip(run_axes[len(QUANTITIES):], PAIRWISE):
+            _draw_pairwise(fig, ax, pair, key, title)
+        for ax in run_axes[slots:]:
+            fig.delaxes(ax)
+        run_axes[0].set_ylabel(_row_title(view), fontsize=9)
+    fig.suptitle("Per-class collapse: class × checkpoint (yellow: collapsed)", fontsize=12)
+    return fig
+
+
+def _draw_quantity(fig, ax, view: PerClassView, quantity: Quantity) -> None:
     from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    views = [per_class_view(run) for run in runs]
-    tallest = max(len(view.classes) for view in views)
-    row_height = 2.2 + 0.09 * min(tallest, MAX_CLASSES)
-    fig, axes = new_figure(len(views), len(QUANTITIES), (15, row_height * len(views) + 0.6))
-    for row, view in enumerate(views):
-        for col, quantity in enumerate(QUANTITIES):
-            ax = axes[row * len(QUANTITIES) + col]
-            matrix = view.values[quantity.key]
-            cmap = colormaps[quantity.colormap].with_extremes(bad=MISSING_COLOR)
-            image = ax.imshow(
-                np.ma.masked_invalid(matrix), aspect="auto", interpolation="nearest", cmap=cmap,
-                norm=_norm(quantity, matrix),
-            )
-            image.set_gid(quantity.key)
-            colorbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
-            if quantity.log:  # plain numbers (0.1, 0.2, 0.5), as on the figure's log axes
-                colorbar.ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                colorbar.ax.yaxis.set_major_formatter(FuncFormatter(tick_text))
-                colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
-            label = quantity.label
-            if quantity is NCC_DISAGREEMENT:
-                label = f"{label} ({figure_text(view.headline)})"
-            ax.set_title(label, fontsize=10)
-            columns = _ticks(len(view.x))
-            ax.set_xticks(columns, [view.x[j] for j in columns], fontsize=8)
-            ax.set_xlabel("epoch" if not any(x.startswith("#") for x in view.x) else "checkpoint")
-            rows = _ticks(len(view.classes))
-            ax.set_yticks(rows, [view.names[i] for i in rows], fontsize=7 if len(view.classes) > 16 else 8)
-            if col == 0:
-                ax.set_ylabel(_row_title(view), fontsize=9)
-    fig.suptitle("Per-class collapse: class × checkpoint (yellow: collapsed)", fontsize=12)
-    return fig
+    matrix = view.values[quantity.key]
+    cmap = colormaps[quantity.colormap].with_extremes(bad=MISSING_COLOR)
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix), aspect="auto", interpolation="nearest", cmap=cmap, norm=_norm(quantity, matrix),
+    )
+    image.set_gid(quantity.key)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+    if quantity.log:  # plain numbers (0.1, 0.2, 0.5), as on the figure's log axes
+        colorbar.ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        colorbar.ax.yaxis.set_major_formatter(FuncFormatter(tick_text))
+        colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
+    label = quantity.label
+    if quantity is NCC_DISAGREEMENT:
+        label = f"{label} ({figure_text(view.headline)})"
+    ax.set_title(label, fontsize=10)
+    columns = _ticks(len(view.x))
+    ax.set_xticks(columns, [view.x[j] for j in columns], fontsize=8)
+    ax.set_xlabel("epoch" if not any(x.startswith("#") for x in view.x) else "checkpoint")
+    _class_ticks(ax.set_yticks, view.names)
+
+
+def _class_ticks(set_ticks, names: list[str]) -> None:
+    rows = _ticks(len(names))
+    set_ticks(rows, [names[i] for i in rows], fontsize=7 if len(names) > 16 else 8)
+
+
+# --- pairwise cosines at the last checkpoint ------------------------------------------------
+
+PAIRWISE = (
+    ("means", r"$\cos(\mu_c-\mu_G,\ \mu_{c'}-\mu_G)$"),
+    ("classifier_means", r"$\cos(w_c,\ \mu_{c'}-\mu_G)$"),
+)
+
+
+def pairwise_view(series: Series) -> dict | None:
+    """The class cosines of the run's last record that has them (``ncli compare`` measures
+    feature files with them, up to :data:`ncli.measure.record.MAX_COSINE_CLASSES` classes):
+    {"x": its column label, "names": class labels, "means": C × C, "classifier_means": C × C or
+    None}; None when no record has them."""
+    for index in range(len(series.records) - 1, -1, -1):
+        record = series.records[index]
+        cosines = record.get("class_cosines")
+        if cosines:
+            names = {int(row["class"]): row.get("name") or str(row["class"]) for row in record.get("per_class") or []}
+            out = {"x": _column_label(record, index), "names": [figure_text(names.get(c, c)) for c in cosines["classes"]]}
+            for key, _ in PAIRWISE:
+                out[key] = None if cosines.get(key) is None else np.array(cosines[key], dtype=np.float64)
+            return out
+    return None
+
+
+def _draw_pairwise(fig, ax, pair: dict | None, key: str, title: str) -> None:
+    from matplotlib import colormaps
+
+    if pair is None or pair[key] is None:
+        why = "no classifier" if pair is not None else "only for feature files with ≤ 64 classes"
+        ax.text(0.5, 0.5, f"{title}\nnot available ({why})", transform=ax.transAxes, ha="center", va="center", color="0.5")
+        ax.set_axis_off()
+        return
+    cmap = colormaps["RdBu_r"].with_extremes(bad=MISSING_COLOR)
+    image = ax.imshow(np.ma.masked_invalid(pair[key]), interpolation="nearest", cmap=cmap, vmin=-1.0, vmax=1.0)
+    image.set_gid(f"cos_{key}")
+    fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02)
+    epoch = f"epoch {pair['x']}" if not pair["x"].startswith("#") else f"checkpoint {pair['x']}"
+    ax.set_title(f"{title}, {epoch}", fontsize=10)
+    _class_ticks(ax.set_yticks, pair["names"])
+    _class_ticks(ax.set_xticks, pair["names"])
+    ax.set_xlabel("class c′ (mean)")
 
 
 def _row_title(view: PerClassView) -> str:
