@@ -315,6 +315,19 @@ def test_per_class_above_the_limit_keeps_the_least_collapsed_classes(tmp_path, f
     assert f"{plot_per_class.MAX_CLASSES} least collapsed of {classes} classes" in fig.axes[0].get_ylabel()
 
 
+def test_malformed_per_class_rows_are_one_line(tmp_path):
+    record = _record("r/e1.h5", 1, 1.0, 0.3)
+    record["per_class"] = [{"class": "zero", "sigma2": 1.0}]
+    out = tmp_path / "v.png"
+    stdin = json.dumps(record) + "\n"
+    assert "malformed" in _one_line_error(_compare(["-", "--plot-per-class", str(out)], input=stdin), 3)
+    record["per_class"] = [{"class": 0, "sigma2": 1.0, "mean_dist": 1.0}]
+    record["class_cosines"] = {"classes": [0], "means": [[1.0, 0.0]], "classifier_means": None}
+    stdin = json.dumps(record) + "\n"
+    assert "malformed" in _one_line_error(_compare(["-", "--plot-per-class", str(out)], input=stdin), 3)
+    assert not out.exists()
+
+
 def test_per_class_without_per_class_rows_is_one_line(tmp_path):
     stdin = json.dumps(_record("r/e1.h5", 1, 1.0, 0.3)) + "\n"
     out = tmp_path / "v.png"

@@ -45,7 +45,7 @@ def compare(
     ),
     plot_per_class: Optional[Path] = typer.Option(
         None, "--plot-per-class", metavar="OUT.{png,pdf,svg}",
-        help="Also draw per-class heat maps (class x checkpoint, a row per run) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2, ||mu_c - mu_G|| over its mean and NCC disagreement; above 64 classes the 64 least collapsed. Feature files are measured with --per-class; JSON lines need `ncli measure --per-class`.",
+        help="Also draw per-class heat maps (class x checkpoint, a row per run) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2, ||mu_c - mu_G|| over its mean and NCC disagreement, and the pairwise cos(mu_c, mu_c') and cos(w_c, mu_c') at the last checkpoint (feature files of up to 64 classes); above 64 classes the 64 least collapsed. Feature files are measured with --per-class; JSON lines need `ncli measure --per-class`.",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot / --plot-per-class file."),
     order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),

@@ -26,7 +26,7 @@ import numpy as np
 
 from ncli.compare.plot import figure_text, new_figure, tick_text
 from ncli.compare.series import Series
-from ncli.errors import UsageError
+from ncli.errors import InputError, UsageError
 
 MAX_CLASSES = 64  # heat-map rows per run; above, the least collapsed classes
 MAX_LABELS = 32  # tick labels per axis; above, every k-th
@@ -166,8 +166,11 @@ def build_per_class_figure(runs: list[Series]):
             "--plot-per-class: the records have no per-class rows; give feature files, or the lines of "
             "`ncli measure --per-class --json`"
         )
-    views = [per_class_view(run) for run in runs]
-    pairs = [pairwise_view(run) for run in runs]
+    try:
+        views = [per_class_view(run) for run in runs]
+        pairs = [pairwise_view(run) for run in runs]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # records from JSON are not checked this deep
+        raise InputError(f"--plot-per-class: malformed per-class rows or class_cosines in a record ({exc!r})") from None
     slots = len(QUANTITIES) + (len(PAIRWISE) if any(pairs) else 0)
     columns = 3 if slots > len(QUANTITIES) else len(QUANTITIES)
     rows_per_run = math.ceil(slots / columns)
@@ -238,6 +241,8 @@ def pairwise_view(series: Series) -> dict | None:
             out = {"x": _column_label(record, index), "names": [figure_text(names.get(c, c)) for c in cosines["classes"]]}
             for key, _ in PAIRWISE:
                 out[key] = None if cosines.get(key) is None else np.array(cosines[key], dtype=np.float64)
+                if out[key] is not None and out[key].shape != (len(out["names"]),) * 2:
+                    raise ValueError(f"{key} of {record['file']} is not a C × C matrix")
             return out
     return None
 
