@@ -243,6 +243,7 @@ def build_runs_figure(runs: list[Series]):
     colors = [None] if single else run_colors(len(runs))
     drawn = dict.fromkeys(EPOCH_PANELS, False)
     handles = []
+    marked = False  # some run reaches train error 0
     for run, color in zip(runs, colors):
         xs = x_axis(run.records)[0] if xlabel == "epoch" else list(range(len(run.records)))
         for ax, panel in zip(axes, EPOCH_PANELS):
@@ -250,6 +251,7 @@ def build_runs_figure(runs: list[Series]):
         start = terminal_phase(run.records, xs)
         marker_color = color if color is not None else TERMINAL_PHASE_COLOR
         if start is not None:
+            marked = True
             for ax in axes:
                 ax.axvline(start, color=marker_color, gid=TERMINAL_PHASE_GID, **TERMINAL_PHASE_STYLE)
         if not single:
@@ -279,21 +281,21 @@ def build_runs_figure(runs: list[Series]):
     # one legend for the whole figure, in the free 9th slot
     style_color = NEUTRAL_COLOR if single else STYLE_KEY_COLOR
     if single:
-        series = [
+        keys = [
             Line2D([], [], color=MEANS_COLOR, marker="o", markersize=3, label=MEANS_LABEL),
             Line2D([], [], color=CLASSIFIERS_COLOR, marker="o", markersize=3, label=CLASSIFIERS_LABEL),
         ]
     else:
-        series = [
+        keys = [
             Line2D([], [], color=style_color, markersize=3, label=MEANS_LABEL, **SERIES_STYLES["means"]),
             Line2D([], [], color=style_color, markersize=3, label=CLASSIFIERS_LABEL, **SERIES_STYLES["classifiers"]),
         ]
-    series += [
+    keys += [
         Line2D([], [], color=style_color, linestyle=split_style(s, splits), label=f"{figure_text(s)} split") for s in splits
     ]
-    if not single and any(h.get_label().endswith(")") for h in handles):
-        series.append(Line2D([], [], color=style_color, label="train error reaches 0", **TERMINAL_PHASE_STYLE))
-    entries = handles + series
+    if not single and marked:
+        keys.append(Line2D([], [], color=style_color, label="train error reaches 0", **TERMINAL_PHASE_STYLE))
+    entries = handles + keys
     fig.legend(
         handles=entries, loc="lower right", bbox_to_anchor=(0.97, 0.06), frameon=False,
         fontsize=10 if len(entries) <= 12 else 8, ncols=1 if len(entries) <= 14 else 2,
