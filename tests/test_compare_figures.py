@@ -153,7 +153,9 @@ def test_one_folder_is_one_run_drawn_as_before(two_folders, tmp_path, figures):
 def test_group_errors_are_one_line(two_folders, tmp_path):
     _, files = two_folders
     out = str(tmp_path / "f.png")
-    assert "does not match" in _one_line_error(_compare([*files["alpha"], "--group", "nomatch", "--plot", out]), 2)
+    missed = _compare([*files["alpha"], "--group", "nomatch", "--plot", out])
+    assert "does not match" in _one_line_error(missed, 2)
+    assert missed.stdout == ""  # refused before the table is printed
     assert "not a regular expression" in _one_line_error(_compare([*files["alpha"], "--group", "(", "--plot", out]), 2)
     assert "--plot" in _one_line_error(_compare([*files["alpha"], "--group", "e"]), 2)
     assert "--by layer" in _one_line_error(_compare([*files["alpha"], "--group", "e", "--by", "layer", "--plot", out]), 2)
@@ -331,7 +333,8 @@ def test_malformed_per_class_rows_are_one_line(tmp_path):
 def test_per_class_without_per_class_rows_is_one_line(tmp_path):
     stdin = json.dumps(_record("r/e1.h5", 1, 1.0, 0.3)) + "\n"
     out = tmp_path / "v.png"
-    assert "per-class rows" in _one_line_error(_compare(["-", "--plot-per-class", str(out)], input=stdin), 2)
+    refused = _compare(["-", "--plot-per-class", str(out)], input=stdin)
+    assert "per-class rows" in _one_line_error(refused, 2) and refused.stdout == ""
     assert not out.exists()
     same = _compare(["-", "--plot", str(out), "--plot-per-class", str(out)], input=stdin)
     assert "same file" in _one_line_error(same, 2)

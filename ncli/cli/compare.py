@@ -45,7 +45,7 @@ def compare(
     ),
     plot_per_class: Optional[Path] = typer.Option(
         None, "--plot-per-class", metavar="OUT.{png,pdf,svg}",
-        help="Also draw per-class heat maps (class x checkpoint, a row per run) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2, ||mu_c - mu_G|| over its mean and NCC disagreement, and the pairwise cos(mu_c, mu_c') and cos(w_c, mu_c') at the last checkpoint (feature files of up to 64 classes); above 64 classes the 64 least collapsed. Feature files are measured with --per-class; JSON lines need `ncli measure --per-class`.",
+        help="Also draw per-class heat maps (class x checkpoint, a block per run) of cos(w_c, mu_c - mu_G), sigma_c^2/||mu_c - mu_G||^2, ||mu_c - mu_G|| over its mean and NCC disagreement, and the pairwise cos(mu_c, mu_c') and cos(w_c, mu_c') at the last checkpoint (feature files of up to 64 classes); above 64 classes the 64 least collapsed. Feature files are measured with --per-class; JSON lines need `ncli measure --per-class`.",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --plot / --plot-per-class file."),
     order: Order = typer.Option(Order.epoch, "--order", help="epoch: by stored epoch, then step, then as given; given: as given."),
@@ -124,6 +124,15 @@ def compare(
         groups = None
         ordered = runs
     records = [r.record for r in ordered]
+    series = per_class_fig = None
+    if groups is None and (plot_path is not None or per_class_path is not None):
+        from ncli.compare.series import group_series
+
+        series = group_series(records, pattern)  # a --group that misses an input fails before any output
+        if per_class_path is not None:
+            from ncli.compare.plot_per_class import build_per_class_figure
+
+            per_class_fig = build_per_class_figure(series)  # so do records without per-class rows
 
     if json_out:
         from ncli.compare.export import compare_json, compare_object
@@ -154,14 +163,6 @@ def compare(
         return
     from ncli.compare.plot import save_figure
 
-    if groups is None:
-        from ncli.compare.series import group_series
-
-        series = group_series(records, pattern)
-    if per_class_path is not None:
-        from ncli.compare.plot_per_class import build_per_class_figure
-
-        fig = build_per_class_figure(series)  # before --plot is written: refusals leave no file behind
     if plot_path is not None:
         if groups is not None:
             from ncli.compare.plot_layers import build_layer_figure
@@ -174,7 +175,7 @@ def compare(
             save_figure(build_runs_figure(series), plot_path, force=force)
         done(f"wrote {plot_path}")
     if per_class_path is not None:
-        save_figure(fig, per_class_path, force=force)
+        save_figure(per_class_fig, per_class_path, force=force)
         done(f"wrote {per_class_path}")
 
 
