@@ -260,6 +260,13 @@ def test_trend_and_sparkline_units():
 # --------------------------------------------------------------------------- the figure
 
 
+def _data_lines(ax):
+    """The lines of an axis that draw records (not the terminal-phase marker)."""
+    from ncli.compare import plot
+
+    return [line for line in ax.get_lines() if line.get_gid() != plot.TERMINAL_PHASE_GID]
+
+
 def test_figure_has_the_papers_panels(series):
     pytest.importorskip("matplotlib")
     from ncli.compare import plot
@@ -280,12 +287,12 @@ def test_figure_has_the_papers_panels(series):
     from matplotlib.colors import to_hex
 
     for t in (registry.EQUINORM_PANEL.title, registry.EQUIANGULAR_PANEL.title, registry.MAXANGLE_PANEL.title):
-        lines = {ln.get_label(): to_hex(ln.get_color()) for ln in by_title[t].get_lines()}
+        lines = {ln.get_label(): to_hex(ln.get_color()) for ln in _data_lines(by_title[t])}
         assert lines == {"class means": to_hex(plot.MEANS_COLOR), "classifiers": to_hex(plot.CLASSIFIERS_COLOR)}
     nc1_line = by_title[registry.NC1_PANEL.title].get_lines()[0]
     assert list(nc1_line.get_xdata()) == list(EPOCHS)
     assert list(nc1_line.get_ydata()) == [r["metrics"]["nc1"] for r in recs]
-    acc = {ln.get_label(): list(ln.get_ydata()) for ln in by_title[registry.ACCURACY_PANEL.title].get_lines()}
+    acc = {ln.get_label(): list(ln.get_ydata()) for ln in _data_lines(by_title[registry.ACCURACY_PANEL.title])}
     assert acc["train"] == [r["splits"]["train"]["accuracy"] for r in recs]
     assert set(acc) == {"train", "test"}
     assert len(fig.legends) == 1
@@ -403,10 +410,10 @@ def test_by_layer_from_measure_lines(series):
 
 def test_by_layer_plot(series, tmp_path):
     pytest.importorskip("matplotlib")
-    from ncli.compare import plot
+    from ncli.compare import plot_layers
 
     recs = [_measured(series[0], layer=lay) for lay in ("block1", "block2", None)]
-    fig = plot.build_layer_figure([("epoch 1", recs)])
+    fig = plot_layers.build_layer_figure([("epoch 1", recs)])
     assert [ax.get_title() for ax in fig.axes] == list(registry.LAYER_TITLES)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["block1", "block2", "fc"]
     out = tmp_path / "layers.svg"

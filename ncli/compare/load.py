@@ -50,6 +50,7 @@ class LoadOptions:
     allow_external: bool = False  # feature files: read what HDF5 keeps in other files
     min_per_class: int | None = None  # for HDF5 inputs; records must have been measured with it
     ood: str | None = None  # likewise
+    per_class: bool = False  # feature files: per-class rows and class cosines (compare --plot-per-class)
 
 
 def parse_records(text: str, source: str) -> list[dict]:
@@ -123,6 +124,7 @@ def _measure(path: str, opts: LoadOptions) -> list[dict]:
         record.measure_file(
             path, split=split, global_mean=global_mean, layer=layer, chunk_rows=opts.chunk_rows,
             min_per_class=opts.min_per_class, ood=opts.ood, allow_external=opts.allow_external,
+            per_class=opts.per_class, class_cosines=opts.per_class,
         )
         for layer in layers
     ]

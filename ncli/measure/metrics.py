@@ -253,6 +253,17 @@ def per_class_table(
     return rows
 
 
+def class_cosines(centred: np.ndarray, W: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """cos(μ_c − μ_G, μ_c' − μ_G) of every pair of classes (C × C), and cos(w_c, μ_c' − μ_G)
+    (rows: classifiers, columns: means; None without a classifier). NaN where a norm is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        if W is None:
+            return means @ means.T, None
+        classifiers = W / np.linalg.norm(W, axis=1, keepdims=True)
+        return means @ means.T, classifiers @ means.T
+
+
 @dataclass(frozen=True)
 class Statistics:
     """What the metrics are computed from: the class statistics of the split that defines

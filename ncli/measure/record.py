@@ -24,6 +24,7 @@ from ncli.measure.pairs import PairSweep
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 SCHEMA = "ncli.measure/1"
+MAX_COSINE_CLASSES = 64  # class_cosines (C × C) only up to this many measured classes
 
 
 def list_layers(path: str | os.PathLike, split: str = "train", *, allow_external: bool = False) -> list[str]:
@@ -74,6 +75,7 @@ def measure_file(
     min_per_class: int | None = None,
     ood: str | None = None,
     allow_external: bool = False,
+    class_cosines: bool = False,
 ) -> dict:
     """All collapse metrics of one file, as a JSON-ready dict (see module docstring). A
     statistics file (``ncli extract --stats-only``, ``Accumulator.save``) gives the record of
@@ -90,6 +92,8 @@ def measure_file(
     (the default, on all CPUs; bit-reproducible) or a
     :class:`ncli.measure.engine_torch.TorchBackend` (a torch device).
     ``allow_external``: read datasets stored in other files (``--allow-external``).
+    ``class_cosines``: with ``per_class``, the pairwise cosines of the classes (see
+    :func:`build_record`), for ``ncli compare --plot-per-class``.
     """
     if global_mean not in ("class", "sample"):
         raise ValueError(f"global_mean must be 'class' or 'sample', not {global_mean!r}")
@@ -99,7 +103,7 @@ def measure_file(
         with single_threaded_blas():  # as Accumulator.measure: the same bits
             inputs = record_inputs(path, split=split, global_mean=global_mean, layer=layer, chunk_rows=chunk_rows,
                                    min_per_class=min_per_class, ood=ood, allow_external=allow_external)
-            return build_record(**inputs, per_class=per_class)
+            return build_record(**inputs, per_class=per_class, class_cosines=class_cosines)
     backend = backend if backend is not None else NumpyBackend()
     with FeatureFile(path, allow_external=allow_external) as ff:
         info = defining_split(ff, path, split)
@@ -158,6 +162,7 @@ def measure_file(
     return build_record(
         source, model, class_stats, results, train_split=split, per_class=per_class, class_names=names,
         ood_split=ood, ood_stats=ood_stats, pair_sweep=getattr(backend, "pair_sweep", None),
+        class_cosines=class_cosines,
     )
 
 
@@ -173,13 +178,17 @@ def build_record(
     ood_split: str | None = None,
     ood_stats: ClassStatistics | None = None,
     pair_sweep: PairSweep | None = None,
+    class_cosines: bool = False,
 ) -> dict:
     """The ``ncli.measure/1`` record: ``source`` (file, epoch, step, layer: where the features
     came from), then the metrics of the model and the statistics of every evaluated split
     (``results[train_split]`` holds the within-class sums). ``class_stats`` are the defining
     split's, of all the file's classes (the model says which were measured). ``ood_stats``:
     the one-class sums of the out-of-distribution split ``ood_split``, for NC5. ``pair_sweep``
-    sweeps pairs of classes (default: :class:`ncli.measure.pairs.PairSweep` on one thread)."""
+    sweeps pairs of classes (default: :class:`ncli.measure.pairs.PairSweep` on one thread).
+    ``class_cosines`` (with ``per_class``, up to ``MAX_COSINE_CLASSES`` measured classes): adds
+    ``"class_cosines"``, the C × C matrices of :func:`ncli.measure.metrics.class_cosines` with
+    the classes' file indices; not part of ``ncli measure``'s output."""
     train = results[train_split]
     counts = model.kept(class_stats.counts)
     statistics = metrics.Statistics(
@@ -229,6 +238,13 @@ def build_record(
                         for name, stats in results.items()
                     }
         record["per_class"] = rows
+        if class_cosines and model.num_classes <= MAX_COSINE_CLASSES:
+            means, classifiers = metrics.class_cosines(model.means - model.mu_g, model.W)
+            record["class_cosines"] = {
+                "classes": [row["class"] for row in rows],
+                "means": means.tolist(),
+                "classifier_means": None if classifiers is None else classifiers.tolist(),
+            }
     return record
 
 

@@ -29,19 +29,26 @@ class Panel:
     simplex: bool = False  # an NC2 panel: its target, a simplex ETF, exists only while C ≤ p + 1
 
 
-# Panels against epoch (Papyan, Han & Donoho, PNAS 2020), in figure order.
+# Panels against epoch (Papyan, Han & Donoho, PNAS 2020), in figure order. Titles and labels
+# are matplotlib text: subscripts and norms in mathtext ($...$), never a literal "_F".
 NO_CLASSIFIER = "not available (no classifier)"
+NC1_TEXT = r"$\mathrm{Tr}(\Sigma_W \Sigma_B^{+})/C$"
 ACCURACY_PANEL = Panel("Accuracy (train / test)", "accuracy", fraction=True, unavailable=NO_CLASSIFIER)
-NC1_PANEL = Panel("Fig. 6  NC1: Tr(Σ_W Σ_B⁺)/C", "Tr(Σ_W Σ_B⁺)/C (log)", log=True)
-EQUINORM_PANEL = Panel("Fig. 2  Equinorm: std/mean of norms", "std/mean of ‖μ_c−μ_G‖, ‖w_c‖", simplex=True)
+NC1_PANEL = Panel(f"Fig. 6  NC1: {NC1_TEXT}", f"{NC1_TEXT} (log)", log=True)
+EQUINORM_PANEL = Panel(
+    "Fig. 2  Equinorm: std/mean of norms", r"std/mean of $\|\mu_c-\mu_G\|$, $\|w_c\|$", simplex=True
+)
 EQUIANGULAR_PANEL = Panel(
     "Fig. 3  Equiangularity: std of cosines", "std of cos over pairs", unavailable="not available (C = 2: one pair)",
     simplex=True,
 )
 MAXANGLE_PANEL = Panel("Fig. 4  Max-angle: mean |cos + 1/(C−1)|", "mean |cos + 1/(C−1)|", simplex=True)
-GNC2_PANEL = Panel("GNC2  Uniformity: var of log 1/‖û_c−û_c'‖", "variance over pairs (population)")
+GNC2_PANEL = Panel(
+    r"GNC2  Uniformity: var of $\log 1/\|\hat u_c-\hat u_{c'}\|$", "variance over pairs (population)"
+)
 SELF_DUALITY_PANEL = Panel(
-    "Fig. 5  Self-duality: ‖W/‖W‖ − M/‖M‖‖²", "‖W/‖W‖_F − M/‖M‖_F‖²_F", unavailable=NO_CLASSIFIER
+    r"Fig. 5  Self-duality: $\|W/\|W\| - M/\|M\|\|^2$",
+    r"$\|W/\|W\|_F - M/\|M\|_F\|_F^2$", unavailable=NO_CLASSIFIER,
 )
 NCC_PANEL = Panel(
     "Fig. 7  NCC disagreement: net ≠ nearest class centre", "fraction of samples", unavailable=NO_CLASSIFIER
@@ -52,13 +59,16 @@ EPOCH_PANELS = (
 )
 
 # Panels against layer depth (``compare --by layer``), classifier-free, in figure order.
-LAYER_NC1_PANEL = Panel("NC1: Tr(Σ_W Σ_B⁺)/C", log=True)
-LAYER_TRACE_RATIO_PANEL = Panel("Trace ratio: Tr(Σ_W)/Tr(Σ_B)", log=True)
-LAYER_CDNV_PANEL = Panel("CDNV", log=True)
-LAYER_EQUINORM_PANEL = Panel("Equinorm of class means")
-LAYER_EQUIANGULAR_PANEL = Panel("Equiangularity of class means")
-LAYER_MAXANGLE_PANEL = Panel("Max-angle of class means")
-LAYER_NCC_PANEL = Panel("NCC accuracy", fraction=True)
+LAYER_NC1_PANEL = Panel(f"NC1: {NC1_TEXT}", f"{NC1_TEXT} (log)", log=True)
+LAYER_TRACE_RATIO_PANEL = Panel(
+    r"Trace ratio: $\mathrm{Tr}(\Sigma_W)/\mathrm{Tr}(\Sigma_B)$", r"$\mathrm{Tr}(\Sigma_W)/\mathrm{Tr}(\Sigma_B)$ (log)",
+    log=True,
+)
+LAYER_CDNV_PANEL = Panel("CDNV", "mean over pairs (log)", log=True)
+LAYER_EQUINORM_PANEL = Panel("Equinorm of class means", r"std/mean of $\|\mu_c-\mu_G\|$")
+LAYER_EQUIANGULAR_PANEL = Panel("Equiangularity of class means", "std of cos over pairs")
+LAYER_MAXANGLE_PANEL = Panel("Max-angle of class means", "mean |cos + 1/(C−1)|")
+LAYER_NCC_PANEL = Panel("NCC accuracy", "accuracy", fraction=True)
 LAYER_PANELS = (
     LAYER_NC1_PANEL, LAYER_TRACE_RATIO_PANEL, LAYER_CDNV_PANEL, LAYER_EQUINORM_PANEL, LAYER_EQUIANGULAR_PANEL,
     LAYER_MAXANGLE_PANEL, LAYER_NCC_PANEL,
