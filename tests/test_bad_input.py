@@ -115,6 +115,8 @@ CASES = {
     "one class": (lambda f: f.attrs.__setitem__("num_classes", 1), [], 3, None),
     "class without train rows": (lambda f: _replace(f, "train/labels", np.where(f["train/labels"][...] == 2, 1, f["train/labels"][...])), [], 3, "class 2"),
     "classifier shape mismatch": (lambda f: _replace(f, "classifier/weight", np.zeros((3, 4))), [], 3, "classifier/weight has shape"),
+    "classifier of magnitude 1e308": (_set_row("classifier/weight", 1, 1.1e308), [], 3, "/classifier/weight holds a value of magnitude 1.1e+308"),
+    "NaN in the bias": (_set_row("classifier/bias", 0, np.nan), [], 3, "/classifier/bias contains NaN or Inf"),
     "unknown split": (None, ["--split", "val"], 3, "no split 'val'"),
     # issue 15: other files, links, impossible sizes
     "external link": (_external_link, [], 3, "/test is an external link to"),

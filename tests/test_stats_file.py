@@ -155,6 +155,7 @@ def _damage(path, edit):
         (lambda f: f.attrs.__setitem__("min_per_class", 100), "counts samples of classes that --min-per-class 100 leaves out"),
         (lambda f: f["train/disagree_per_class"].__setitem__(0, 10**6), "disagree_per_class does not add up"),
         (lambda f: f["classifier"].move("weight", "w"), "/classifier/weight missing"),
+        (lambda f: f["classifier/weight"].__setitem__((0, 0), 1e200), "/classifier/weight holds a value of magnitude 1e+200"),
     ],
 )
 def test_damaged_files_are_refused_in_one_line(tmp_path, rng, edit, needle):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ncli.errors import InputError
 from ncli.features.direct_rows import DirectRows
-from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, RESERVED_GROUPS, attr_int, attr_str
+from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, RESERVED_GROUPS, attr_int, attr_str, classifier_problem
 from ncli.features.storage import LocalFile
 
 HDF5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)  # what h5py raises on damage
@@ -311,8 +311,9 @@ class FeatureFile:
         except HDF5_ERRORS as exc:
             raise self._fail(f"cannot read the classifier ({type(exc).__name__}: {exc})") from None
         for arr, what in ((W, "weight"), (b, "bias")):
-            if not np.isfinite(arr).all():
-                raise self._fail(f"/classifier/{what} contains NaN or Inf")
+            problem = classifier_problem(arr)
+            if problem is not None:
+                raise self._fail(f"/classifier/{what} {problem}")
         return W, b
 
     def class_names(self) -> list[str] | None:

@@ -11,6 +11,20 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file without
 RESERVED_GROUPS = {"classifier"}  # root groups that are not splits
 RESERVED_NAMES = RESERVED_GROUPS | {"class_names"}  # root names a split may not take
 CHUNK_BYTES = 1 << 20  # about 1 MiB of whole rows per HDF5 chunk
+# Beyond this magnitude a classifier's squares and products overflow float64 (no trained
+# network has such weights: a damaged file or a diverged run); refused rather than measured as null.
+CLASSIFIER_LIMIT = 1e100
+
+
+def classifier_problem(array: np.ndarray) -> str | None:
+    """Why a classifier weight or bias cannot be measured, or None: NaN/Inf, or a magnitude
+    beyond :data:`CLASSIFIER_LIMIT`."""
+    if not np.isfinite(array).all():
+        return "contains NaN or Inf"
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > CLASSIFIER_LIMIT:
+        return f"holds a value of magnitude {largest:.3g}, beyond {CLASSIFIER_LIMIT:.0e} (its products overflow float64)"
+    return None
 
 
 def attr_str(value) -> str | None:

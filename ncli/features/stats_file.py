@@ -22,7 +22,7 @@ import numpy as np
 
 from ncli.errors import InputError
 from ncli.features.reader import HDF5_ERRORS, check_regular_file
-from ncli.features.schema import RESERVED_NAMES, attr_int, attr_str
+from ncli.features.schema import RESERVED_NAMES, attr_int, attr_str, classifier_problem
 from ncli.features.storage import LocalFile
 from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for
 
@@ -253,6 +253,10 @@ class StatisticsFile:
             weight = self._array(group, "weight", (C, p), float)
             if local.has(group, "bias"):
                 bias = self._array(group, "bias", (C,), float)
+            for array, what in ((weight, "weight"), (bias, "bias")):
+                problem = None if array is None else classifier_problem(array)
+                if problem is not None:
+                    raise self._fail(f"/classifier/{what} {problem}")
         names = None
         if local.has(f, "class_names"):
             ds = local.dataset(f, "class_names")

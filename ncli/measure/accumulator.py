@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ncli.errors import InputError, UsageError
+from ncli.features.schema import classifier_problem
 from ncli.measure.blocks import NonFiniteFeatures, array_blocks
 from ncli.measure.engine import NC1_METHODS, NumpyBackend, cheaper_nc1_method, single_threaded_blas
 from ncli.measure.record import build_record
@@ -152,8 +153,10 @@ class Accumulator:
         b64 = np.zeros(self.num_classes) if b is None else np.array(to_host(b, "f"), dtype=np.float64)
         if b64.shape != (self.num_classes,):
             raise UsageError(f"classifier bias must be ({self.num_classes},), not {b64.shape}")
-        if not (np.isfinite(W64).all() and np.isfinite(b64).all()):
-            raise UsageError("the classifier's weight or bias contains NaN or Inf")
+        for array, what in ((W64, "weight"), (b64, "bias")):
+            problem = classifier_problem(array)
+            if problem is not None:
+                raise UsageError(f"the classifier's {what} {problem}")
         self.dim = W64.shape[1]
         return W64, b64
 
