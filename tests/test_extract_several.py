@@ -99,6 +99,16 @@ def test_a_failing_checkpoint_stops_the_run_and_says_what_was_written(runs):
     assert not any(name.startswith(TEMP_PREFIX) for name in names)
 
 
+def test_a_run_that_writes_nothing_leaves_no_new_folder(runs):
+    root, checkpoints, _, data = runs
+    r = extract(checkpoints, root / "missing.npz", f"{root}/runs/", "-q")  # bad data: before the folder
+    assert r.exit_code == 3 and not (root / "runs").exists()
+    broken = root / "ep1.pt"
+    broken.write_bytes(checkpoints[0].read_bytes()[:200])  # the first checkpoint fails
+    r = extract([broken, checkpoints[1]], data, f"{root}/runs/", "-q")
+    assert r.exit_code == 3 and not (root / "runs").exists()
+
+
 def test_two_checkpoints_with_one_stem_are_refused(runs):
     root, checkpoints, _, data = runs
     (root / "other").mkdir()

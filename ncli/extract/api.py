@@ -31,7 +31,7 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
     options = replace(options or ExtractOptions(), **changes)
     from ncli.extract.distributed import extract_distributed, world_from_env
     from ncli.extract.stats_only import check_options
-    from ncli.extract.targets import create_folder, plan_outputs, report_partial
+    from ncli.extract.targets import create_folder, plan_outputs, remove_empty_folder, report_partial
 
     check_options(options)
     checkpoints = list(checkpoints)
@@ -39,20 +39,22 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
     if world is not None:  # the ranks check the outputs together (one error, said once)
         return extract_distributed(world, checkpoints, output, data, options)
     outs, new_folder = plan_outputs(checkpoints, output, options.force)
-    if new_folder is not None:
-        create_folder(new_folder, say=True)
 
     from ncli.extract.job import close_sources, open_data
 
-    sources = open_data(data, options)
+    sources = open_data(data, options)  # bad data is refused before a folder is created
     written: list[Path] = []
     said: set[str] = set()  # notes said once per run
     try:
+        if new_folder is not None:
+            create_folder(new_folder, say=True)
         for checkpoint, out in zip(checkpoints, outs):
             try:
                 written.append(_extract_one(checkpoint, out, sources, options, first=not written, said=said, several=len(outs) > 1))
             except BaseException:
                 report_partial(written, outs, checkpoint)
+                if new_folder is not None and not written:
+                    remove_empty_folder(new_folder)
                 raise
     finally:
         close_sources(sources)

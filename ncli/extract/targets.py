@@ -80,6 +80,14 @@ def create_folder(folder: Path, *, say: bool) -> None:
         note(f"created the output folder {folder}{os.sep}")
 
 
+def remove_empty_folder(folder: Path) -> None:
+    """Undo :func:`create_folder` after a run that wrote nothing (only while the folder is empty)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def report_partial(written: list[Path], outs: list[Path], failed_checkpoint) -> None:
     """After a failure among several checkpoints: which outputs exist and which do not."""
     if len(outs) < 2:
