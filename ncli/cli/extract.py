@@ -120,10 +120,9 @@ def extract(
 
     Examples:
 
+    \b
       ncli extract fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz -o mlp300.h5
-
       ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg -o feats.h5
-
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
     Statistics only: --stats-only runs the model over the data twice and writes only what `ncli measure` needs (class sums, within-class sums, decision counts, the classifier), a file of a few KiB to MiB whatever the number of samples, measured like a feature file.
@@ -173,8 +172,8 @@ def inspect(
 
     Examples:
 
+    \b
       ncli inspect fixtures/checkpoints/mlp_epoch0300.pt --arch fixtures/models.py:MLP --data fixtures/digits.npz
-
       ncli inspect fixtures/checkpoints/cnn_epoch0100_scripted.pt
     """
 
