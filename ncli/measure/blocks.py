@@ -97,11 +97,13 @@ def ordered_map(fn, items, workers: int = 1):
     order, so the float64 sums are bit-identical whatever the number of workers. At most
     2 × workers blocks are in flight.
     """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
     items = iter(items)
     first = list(islice(items, 2))
-    if workers <= 1 or len(first) < 2:  # one block (a small file): no threads to start
+    if len(first) < 2:  # one block (a small file): no threads to start
         yield from map(fn, first)
-        yield from map(fn, items)
         return
     items = chain(first, items)
     from concurrent.futures import ThreadPoolExecutor
