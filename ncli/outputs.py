@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def fitted_name(path: Path, prefix: str, name: str | None = None) -> Path:
 
 def temp_path_for(path: Path) -> Path:
     """A fresh temporary name in ``path``'s folder, recognisable by :func:`cleanup_stale_temps`."""
-    return fitted_name(path, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-")
+    return fitted_name(path, f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-")
 
 
 _NOT_REGULAR = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",

@@ -37,7 +37,7 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help='Print one JSON object {"schema": "ncli.compare/1", "runs": [...], ...}.'),
     csv_out: bool = typer.Option(False, "--csv", help="Print tidy CSV rows: run, epoch, step, layer, split, metric, value."),
     plot: Optional[Path] = typer.Option(
-        None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'neural-collapse-cli\\[plot]')."
+        None, "--plot", metavar="OUT.{png,pdf,svg}", help="Also draw the paper's panels against epoch into this file (needs matplotlib: pip install 'neural-collapse-cli[plot]')."
     ),
     group: Optional[str] = typer.Option(
         None, "--group", metavar="REGEX",
@@ -74,14 +74,11 @@ def compare(
 
     Examples:
 
+    \b
       ncli compare runs/*.h5 --plot collapse.png
-
       ncli compare mlp/*.h5 cnn/*.h5 --plot nc.png --plot-per-class classes.png
-
       ncli compare fixtures/features/*.h5 --group '(mlp|cnn)_epoch' --plot nc.pdf
-
       ncli measure runs/*.h5 --json | ncli compare - --csv > trends.csv
-
       ncli compare run.h5 --by layer
     """
     from ncli.compare.load import LoadOptions, group_by_file, load_runs, order_runs

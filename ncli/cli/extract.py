@@ -57,7 +57,7 @@ _ARCH_HELP = (
 @command()
 def extract(
     checkpoints: List[Path] = typer.Argument(
-        ..., metavar="CHECKPOINT",
+        ..., metavar="CHECKPOINT...",
         help="Checkpoint files or Hugging Face model folders (their form is detected from their content); several need -o FOLDER/.",
         show_default=False,
     ),
@@ -143,16 +143,14 @@ def extract(
 
     Examples:
 
+    \b
       ncli extract fixtures/checkpoints/mlp_epoch0300.pt \\
         --arch fixtures/models.py:MLP --data fixtures/digits.npz -o mlp300.h5
-
       ncli extract fixtures/checkpoints/mlp_epoch*.pt \\
         --arch fixtures/models.py:MLP --data fixtures/digits.npz -o runs/
-
       ncli extract last.ckpt --arch nets.py:ResNet --arch-arg num_classes=100 \\
         --data train=c100.h5 --data test=c100.h5 --layer layer4 --pool avg \\
         -o feats.h5
-
       ncli extract fixtures/checkpoints/cnn_epoch0100_scripted.pt \\
         --data fixtures/digits.npz --device cuda --amp -o cnn.h5
 
@@ -204,9 +202,9 @@ def inspect(
 
     Examples:
 
+    \b
       ncli inspect fixtures/checkpoints/mlp_epoch0300.pt \\
         --arch fixtures/models.py:MLP --data fixtures/digits.npz
-
       ncli inspect fixtures/checkpoints/cnn_epoch0100_scripted.pt
     """
 

@@ -74,8 +74,8 @@ def measure(
 
     Examples:
 
+    \b
       ncli measure fixtures/features/mlp_epoch0300.h5 --per-class
-
       ncli measure fixtures/features/*.h5 --json
     """
     from ncli.measure.engine import NumpyBackend

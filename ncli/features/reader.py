@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -374,14 +373,9 @@ class FeatureFile:
                 raise self._fail(f"split {split!r}: cannot read rows {start}..{stop - 1} (the file was truncated while it was read)")
             return got
 
-        # Read the next chunk in a background thread while the caller computes on this one
-        # (HDF5 reads and BLAS overlap; h5py serialises its own calls).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncli-read") as pool:
-            pending = pool.submit(read, 0)
-            while pending is not None:
-                start, H, y = pending.result()
-                nxt = start + rows
-                pending = pool.submit(read, nxt) if nxt < n else None
+        reads = _read_ahead(read, rows, n)
+        try:
+            for start, H, y in reads:
                 y = y.astype(np.int64, copy=False)
                 bad = (y < 0) | (y >= C)
                 if bad.any():
@@ -391,3 +385,23 @@ class FeatureFile:
                         f"(num_classes = {C})"
                     )
                 yield Chunk(start, H, y)
+        finally:
+            reads.close()
+
+
+def _read_ahead(read, rows: int, n: int):
+    """``read(start)`` for start = 0, rows, 2·rows, ... < n, in order. Reads the next chunk in a
+    background thread while the caller computes on this one (HDF5 reads and BLAS overlap;
+    h5py serialises its own calls); a split of one chunk is read inline (no thread to start)."""
+    if n <= rows:
+        yield read(0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncli-read") as pool:
+        pending = pool.submit(read, 0)
+        while pending is not None:
+            got = pending.result()
+            nxt = got[0] + rows
+            pending = pool.submit(read, nxt) if nxt < n else None
+            yield got

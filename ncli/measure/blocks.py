@@ -3,13 +3,14 @@
 Rows are processed in fixed blocks of :func:`block_rows` rows, aligned at multiples of it from
 the first row of a split, whatever the read size; every float64 sum adds one block's partial
 result at a time, in row order. Results therefore depend on the rows only: bit-identical
-whatever ``--chunk-rows`` and the number of worker threads (:func:`ordered_map`).
+whatever ``--chunk-rows`` and the number of worker threads (:func:`ordered_map`, each
+worker with single-threaded BLAS: :func:`single_threaded_blas`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from itertools import chain, islice
 from typing import Iterator
 
 import numpy as np
@@ -71,6 +72,23 @@ def unlabelled(blocks: Iterator[Chunk]) -> Iterator[Chunk]:
         yield Chunk(block.start, block.features, np.zeros(block.labels.shape[0], dtype=np.int64))
 
 
+_blas = None
+
+
+def single_threaded_blas():
+    """A context in which numpy's BLAS runs one thread (small products on threads that other
+    work keeps busy can take 10× longer). The library scan happens once (a
+    ThreadpoolController made on first use, after numpy loaded its BLAS): a fresh
+    ``threadpool_limits`` scans every loaded library, about 1 ms, too slow per batch for the
+    accumulator API, which calls a backend once per batch."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 def ordered_map(fn, items, workers: int = 1):
     """Yield ``fn(item)`` for each item, in order, computed by ``workers`` threads.
 
@@ -82,6 +100,14 @@ def ordered_map(fn, items, workers: int = 1):
     if workers <= 1:
         yield from map(fn, items)
         return
+    items = iter(items)
+    first = list(islice(items, 2))
+    if len(first) < 2:  # one block (a small file): no threads to start
+        yield from map(fn, first)
+        return
+    items = chain(first, items)
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ncli-block") as pool:
         pending: deque = deque()
         try:

@@ -27,32 +27,16 @@ import threading
 from typing import Iterable
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from ncli.features.reader import Chunk
 from ncli.measure import decisions
-from ncli.measure.blocks import NonFiniteFeatures, ordered_map
+from ncli.measure.blocks import NonFiniteFeatures, ordered_map, single_threaded_blas
 from ncli.measure.kernels import default_kernels
 from ncli.measure.pairs import PAIR_TILE, PairSweep
 from ncli.measure.statistics import ClassStatistics, Model, SplitStatistics
 
 NC1_METHODS = ("auto", "project", "scatter")
 U32 = 2.0**-24  # float32 unit roundoff
-
-
-_blas = None
-
-
-def single_threaded_blas():
-    """A context in which numpy's BLAS runs one thread (small products on threads that other
-    work keeps busy can take 10× longer). The library scan happens once (a
-    ThreadpoolController made on first use, after numpy loaded its BLAS): a fresh
-    ``threadpool_limits`` scans every loaded library, about 1 ms, too slow per batch for the
-    accumulator API, which calls a backend once per batch."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
 
 
 def resolve_threads(threads: int | None) -> int:

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from threadpoolctl import threadpool_limits
-
-from ncli.measure.blocks import ordered_map
+from ncli.measure.blocks import ordered_map, single_threaded_blas
 from ncli.measure.kernels import PAIR_SUMS, default_kernels
 
 PAIR_TILE = 1024  # rows per tile: a tile's Gram block is PAIR_TILE² float64 (8 MiB)
@@ -227,7 +225,7 @@ class PairSweep:
 
         sums = np.zeros(len(PAIR_SUMS))
         identical = None
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():
             for part, zero_pair in ordered_map(one_tile, tasks, self.threads):
                 sums += part
                 if zero_pair is not None and (identical is None or zero_pair < identical):
