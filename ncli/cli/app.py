@@ -185,15 +185,8 @@ def _plain_metavars(func) -> inspect.Signature:
 
 
 class PlainHelpCommand(typer.core.TyperCommand):
-    """A command whose help names arguments by their metavar alone: typer adds a type label
-    (``<list[Path]>``) beside it and braces around a required one in the usage line
-    (``{files}...``); here the usage reads ``ncli measure [OPTIONS] FILE...``."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if isinstance(param, typer.core.TyperArgument):
-                param.display_type_rich = _no_type_label
+    """A command whose usage line names arguments by their metavar alone: typer puts braces
+    around a required one (``{files}...``); here it reads ``ncli measure [OPTIONS] FILE...``."""
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -202,10 +195,6 @@ class PlainHelpCommand(typer.core.TyperCommand):
                 name = param.metavar or param.name.upper()
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
-
-
-def _no_type_label(ctx: typer.Context) -> None:
-    return None
 
 
 def command(name: str | None = None):

@@ -227,12 +227,13 @@ def extract_distributed(world: World, checkpoints, output, data, options: Extrac
 
 
 def _planned_outputs(world: World, checkpoints, output, options: ExtractOptions) -> list[Path]:
-    """Every rank checks the outputs (and creates a new output folder); the ranks agree."""
+    """Every rank checks the outputs, rank 0 creates a new output folder (one creator, so the
+    note is said once), and the ranks agree before any of them writes there."""
     error, outs = None, []
     try:
         outs, new_folder = plan_outputs(checkpoints, output, options.force)
-        if new_folder is not None:
-            create_folder(new_folder, say=world.rank == 0)
+        if new_folder is not None and world.rank == 0:
+            create_folder(new_folder, say=True)
     except BaseException as exc:
         error = exc
     _Group(world).agree("output check", error)
