@@ -16,6 +16,7 @@ from ncli.cli import app
 from ncli.errors import NcliError
 from ncli.features import write_features
 from ncli.measure.record import measure_file
+from test_accumulator import _batches
 
 try:
     from reference import assert_record_matches, reference_record
@@ -56,25 +57,15 @@ def data(rng, tmp_path):
     return dict(H=H, y=y, Ht=Ht, yt=yt, Hood=Hood, yood=yood, W=W, b=b, path=path)
 
 
-def _batches(rng, n, sizes=(1, 5, 17, 64)):
-    order = rng.permutation(n)
-    cuts, at = [], 0
-    while at < n:
-        size = int(rng.choice(sizes))
-        cuts.append(order[at:at + size])
-        at += size
-    return cuts
-
-
 def _feed(acc, rng, d, convert=lambda a: a, logits=False, ood_labels=False, evaluate=True):
-    for rows in _batches(rng, len(d["y"])):
+    for rows in _batches(rng, len(d["y"]), sizes=(1, 5, 17, 64)):
         acc.update(convert(d["H"][rows]), convert(d["y"][rows]))
-    for rows in _batches(rng, len(d["yood"])):
+    for rows in _batches(rng, len(d["yood"]), sizes=(1, 5, 17, 64)):
         acc.update(convert(d["Hood"][rows]), convert(d["yood"][rows]) if ood_labels else None, split="ood")
     if not evaluate:
         return acc
     for split, X, labels in (("train", d["H"], d["y"]), ("test", d["Ht"], d["yt"])):
-        for rows in _batches(rng, len(labels)):
+        for rows in _batches(rng, len(labels), sizes=(1, 5, 17, 64)):
             z = convert(X[rows].astype(np.float64) @ d["W"].T.astype(np.float64) + d["b"]) if logits else None
             acc.evaluate(convert(X[rows]), convert(labels[rows]), split=split, logits=z)
     return acc
