@@ -99,6 +99,16 @@ def test_a_failing_checkpoint_stops_the_run_and_says_what_was_written(runs):
     assert not any(name.startswith(TEMP_PREFIX) for name in names)
 
 
+def test_missing_parents_are_created_as_mkdir_p(runs):
+    root, checkpoints, models, data = runs
+    r = ok(extract(checkpoints, data, f"{root}/runs/mlp/"))
+    assert f"created the output folder {root}/runs/mlp/" in r.stderr
+    check_against(models[1], root / "runs" / "mlp" / "ep20.h5", data)
+    (root / "file").write_bytes(b"x")
+    r = extract(checkpoints, data, f"{root}/file/sub/", "-q")
+    assert r.exit_code == 3 and f"cannot create the output folder: {root}/file is not a folder" in r.stderr
+
+
 def test_a_run_that_writes_nothing_leaves_no_new_folder(runs):
     root, checkpoints, _, data = runs
     r = extract(checkpoints, root / "missing.npz", f"{root}/runs/", "-q")  # bad data: before the folder
@@ -107,6 +117,9 @@ def test_a_run_that_writes_nothing_leaves_no_new_folder(runs):
     broken.write_bytes(checkpoints[0].read_bytes()[:200])  # the first checkpoint fails
     r = extract([broken, checkpoints[1]], data, f"{root}/runs/", "-q")
     assert r.exit_code == 3 and not (root / "runs").exists()
+    (root / "kept").mkdir()  # an empty folder that was there before stays
+    r = extract([broken, checkpoints[1]], data, f"{root}/kept/a/b/", "-q")
+    assert r.exit_code == 3 and (root / "kept").is_dir() and not (root / "kept" / "a").exists()
 
 
 def test_two_checkpoints_with_one_stem_are_refused(runs):

@@ -46,15 +46,14 @@ def extract_many(checkpoints, output, data, options: ExtractOptions | None = Non
     written: list[Path] = []
     said: set[str] = set()  # notes said once per run
     try:
-        if new_folder is not None:
-            create_folder(new_folder, say=True)
+        created = create_folder(new_folder, say=True) if new_folder is not None else None
         for checkpoint, out in zip(checkpoints, outs):
             try:
                 written.append(_extract_one(checkpoint, out, sources, options, first=not written, said=said, several=len(outs) > 1))
             except BaseException:
                 report_partial(written, outs, checkpoint)
-                if new_folder is not None and not written:
-                    remove_empty_folder(new_folder)
+                if created is not None and not written:
+                    remove_empty_folder(new_folder, created)
                 raise
     finally:
         close_sources(sources)

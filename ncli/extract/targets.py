@@ -62,30 +62,48 @@ def plan_outputs(checkpoints, output: str | os.PathLike, force: bool) -> tuple[l
         for out in outs:  # every output before the first checkpoint runs
             check_output_path(out, force)
         return outs, None
-    parent = folder.parent if str(folder.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"-o {os.fspath(output)}: cannot create the output folder: {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"-o {os.fspath(output)}: cannot create the output folder: {parent} is not writable")
+    existing = _missing_from(folder).parent  # the nearest folder above that exists
+    if not existing.is_dir():
+        raise InputError(f"-o {os.fspath(output)}: cannot create the output folder: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"-o {os.fspath(output)}: cannot create the output folder: {existing} is not writable")
     return outs, folder
 
 
-def create_folder(folder: Path, *, say: bool) -> None:
-    """Create the output folder (its parent exists); ``say``: one note on stderr."""
+def _missing_from(folder: Path) -> Path:
+    """The topmost of ``folder`` and its parents that does not exist (``runs`` for a new
+    ``runs/mlp/``): what creating ``folder`` creates, and what undoing it removes."""
+    top = folder
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top if str(top) else Path(".")
+
+
+def create_folder(folder: Path, *, say: bool) -> Path:
+    """Create the output folder and any missing parents, as ``mkdir -p``; ``say``: one note on
+    stderr. Returns the topmost folder created (for :func:`remove_empty_folder`)."""
+    top = _missing_from(folder)
     try:
-        folder.mkdir(exist_ok=True)  # exist_ok: torchrun ranks create it together
+        folder.mkdir(parents=True, exist_ok=True)  # exist_ok: torchrun ranks may race here
     except OSError as exc:
         raise InputError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
     if say:
         note(f"created the output folder {folder}{os.sep}")
+    return top
 
 
-def remove_empty_folder(folder: Path) -> None:
-    """Undo :func:`create_folder` after a run that wrote nothing (only while the folder is empty)."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+def remove_empty_folder(folder: Path, top: Path) -> None:
+    """Undo :func:`create_folder` after a run that wrote nothing: remove ``folder`` and its
+    parents up to ``top``, each only while it is empty."""
+    path = folder
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == top or path.parent == path:
+            return
+        path = path.parent
 
 
 def report_partial(written: list[Path], outs: list[Path], failed_checkpoint) -> None:
