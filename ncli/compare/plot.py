@@ -383,7 +383,7 @@ def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int =
     cleanup_stale_temps(out.parent if str(out.parent) else ".")
     tmp = temp_path_for(out)
     try:
-        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_NO_METADATA.get(fmt, {}))
         commit(tmp, out, force=force)
     except OSError as exc:  # a full disk: one line naming the figure
         problem = write_failure(out, exc)
@@ -395,12 +395,6 @@ def save_figure(fig, path: str | os.PathLike, *, force: bool = False, dpi: int =
     return out
 
 
-def _metadata(fmt: str) -> dict:
-    """No timestamps or versions in the file, so the same records give the same bytes."""
-    if fmt == "png":
-        return {"Software": None}
-    if fmt == "pdf":
-        return {"Creator": None, "Producer": None, "CreationDate": None}
-    if fmt == "svg":
-        return {"Creator": None, "Date": None}
-    return {}
+# no timestamps or versions in the file, so the same records give the same bytes
+_NO_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+                "svg": {"Creator": None, "Date": None}}

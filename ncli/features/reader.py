@@ -12,7 +12,6 @@ file) are reported as such."""
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -22,7 +21,7 @@ import numpy as np
 from ncli.errors import InputError
 from ncli.features.direct_rows import DirectRows
 from ncli.features.schema import FORMAT_NAME, FORMAT_VERSION, RESERVED_GROUPS, attr_int, attr_str, classifier_problem
-from ncli.features.storage import LocalFile
+from ncli.features.storage import LocalFile, check_regular_file
 
 HDF5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)  # what h5py raises on damage
 
@@ -44,24 +43,6 @@ class Chunk:
     start: int
     features: np.ndarray  # (n, p) as stored (float32 or float64)
     labels: np.ndarray  # (n,) int64, validated in [0, C)
-
-
-def check_regular_file(path: str, what: str = "a feature file") -> os.stat_result:
-    """stat ``path``: InputError unless it is a regular file that can be looked at (a device or
-    a FIFO would hang or never end; a folder that cannot be searched is named)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a directory, not {what}")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: is not a regular file (a device, FIFO or socket), not {what}")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: cannot read (permission denied)")
-    return st
 
 
 class FeatureFile:

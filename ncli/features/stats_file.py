@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 
 from ncli.errors import InputError
-from ncli.features.reader import HDF5_ERRORS, check_regular_file
+from ncli.features.reader import HDF5_ERRORS
+from ncli.features.storage import check_regular_file
 from ncli.features.schema import RESERVED_NAMES, attr_int, attr_str, classifier_problem
 from ncli.features.storage import LocalFile
 from ncli.outputs import check_output_path, cleanup_stale_temps, commit, temp_path_for

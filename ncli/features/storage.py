@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 
 import h5py
 
@@ -126,3 +127,21 @@ class LocalFile:
                 f"{where} claims {shape} values ({_size(claimed)}) from {_size(stored)} of compressed storage, "
                 f"more than {MAX_EXPANSION}× (no standard HDF5 compression expands that much): unwritten or damaged"
             )
+
+
+def check_regular_file(path: str, what: str = "a feature file") -> os.stat_result:
+    """stat ``path``: InputError unless it is a regular file that can be looked at (a device or
+    a FIFO would hang or never end; a folder that cannot be searched is named)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is not a regular file (a device, FIFO or socket), not {what}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: cannot read (permission denied)")
+    return st

@@ -28,7 +28,7 @@ from ncli.extract.forms.huggingface import HUGGINGFACE
 from ncli.extract.forms.safetensors import SAFETENSORS
 from ncli.extract.forms.torch_save import PICKLED_MODULE, STATE_DICT
 from ncli.extract.forms.torchscript import TORCHSCRIPT
-from ncli.features.reader import check_regular_file
+from ncli.features.storage import check_regular_file
 from ncli.features.schema import HDF5_SIGNATURE
 
 # In the order they are tried: the folders first (a .distcp file inside a DCP folder is also a
