@@ -75,7 +75,7 @@ def inspect_checkpoint(checkpoint, options: ExtractOptions | None = None, *, dat
     record: dict[str, Any] = {"checkpoint": str(checkpoint)}
     if not options.arch:
         ckpt = load_checkpoint(checkpoint, trust=options.trust, ema=options.ema)
-        if ckpt.form.holds_weights_only:
+        if ckpt.form.weights_without_model:
             record.update(_weights_only(ckpt))
             return record
     prepared = prepare(checkpoint, replace(options, layers=(), pool="none", amp=False))

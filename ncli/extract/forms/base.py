@@ -85,7 +85,7 @@ class Form:
     """One checkpoint form: how it is recognised, loaded, and turned into an extractor."""
 
     name = "?"  # recorded as the feature file's checkpoint_form attribute
-    holds_weights_only = False  # True: tensors without the model (needs --arch)
+    weights_without_model = False  # True: tensors without the model (needs --arch)
 
     def detect(self, probe: Probe) -> bool:
         raise NotImplementedError

@@ -1,8 +1,8 @@
 """PyTorch distributed checkpoints (DCP, ``torch.distributed.checkpoint.save``): a folder of
 ``.metadata`` and ``__<rank>_<n>.distcp`` files.
 
-torch reads ``.metadata`` with a plain ``pickle.load`` (and non-tensor entries with
-``torch.load(weights_only=False)``), so reading the folder runs code named by its files: only
+torch reads ``.metadata`` with a plain ``pickle.load`` (and non-tensor entries with an
+unrestricted ``torch.load``), so reading the folder runs code named by its files: only
 with --trust-checkpoint, in this process, without torch.distributed set up. Without the flag the
 refusal says how to convert it once into a torch.save file that is read weights-only. One
 ``.distcp`` file given alone is named as a piece of its folder, not as a damaged checkpoint.
@@ -26,7 +26,7 @@ def _is_dcp_folder(names) -> bool:
 
 class DistributedCheckpoint(Form):
     name = "distributed checkpoint"
-    holds_weights_only = True
+    weights_without_model = True
 
     def detect(self, probe: Probe) -> bool:
         if probe.is_dir:

@@ -10,7 +10,7 @@ from ncli.extract.forms.base import EPOCH_KEYS, STEP_KEYS, Checkpoint, Form, Pro
 
 class Safetensors(Form):
     name = "safetensors"
-    holds_weights_only = True
+    weights_without_model = True
 
     def detect(self, probe: Probe) -> bool:
         head = probe.head

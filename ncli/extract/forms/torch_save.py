@@ -153,7 +153,7 @@ def _weights_beside_objects(path: str, names: list[str], ema: bool):
 
 class StateDict(Form):
     name = "state_dict"
-    holds_weights_only = True
+    weights_without_model = True
 
     def detect(self, probe: Probe) -> bool:
         if probe.is_zip:
