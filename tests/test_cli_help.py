@@ -96,3 +96,13 @@ def test_help_examples_never_wrap_mid_command(command, columns):
     shown = [line.strip() for line in _ncli([*command, "--help"], columns=columns).stdout.splitlines()]
     for example in examples:
         assert example in shown, f"{example!r} is wrapped at {columns} columns"
+
+
+def test_top_level_help_lists_the_pipeline_and_whole_command_summaries():
+    out = _ncli(["--help"], columns=80).stdout
+    lines = out.splitlines()
+    for step in ("extract: checkpoint + data", "measure: feature file", "compare: many files", "inspect: a checkpoint"):
+        assert any(line.strip().startswith(step) for line in lines), (step, out)  # a line each, not rewrapped
+    commands = lines[lines.index("Commands:") + 1:]
+    assert [line.split()[0] for line in commands if line.strip()] == ["extract", "inspect", "measure", "compare"]
+    assert not any(line.rstrip().endswith("...") for line in commands), out  # no summary cut

@@ -26,9 +26,12 @@ app = typer.Typer(
     name="ncli",
     help=(
         "Neural Collapse analysis (Papyan, Han & Donoho, PNAS 2020).\n\n"
-        "extract: checkpoint + data -> HDF5 feature file.  "
-        "measure: feature file -> NC1-NC4 metrics.  "
-        "compare: many files -> trends, tables, the paper's figures."
+        "\b\n"  # one line per step of the pipeline (Click rewraps other paragraphs)
+        "extract: checkpoint + data -> HDF5 feature file\n"
+        "measure: feature file -> NC1-NC4 metrics\n"
+        "compare: many files -> trends, tables, the paper's figures\n"
+        "inspect: a checkpoint's linear layers, and which one is the classifier\n\n"
+        "Each command's --help teaches it: ncli measure --help"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -197,10 +200,11 @@ class PlainHelpCommand(typer.core.TyperCommand):
         return pieces
 
 
-def command(name: str | None = None):
-    """Register a command function on the app, with the shared error policy, the help's
-    plain value names (:func:`_plain_metavars`) and, for arguments that take several files, a
-    usage error for a flag given a value (``--json true``)."""
+def command(summary: str):
+    """Register a command function on the app, with ``summary`` as its line in ``ncli --help``
+    (short enough not to be cut at 80 columns), the shared error policy, the help's plain value
+    names (:func:`_plain_metavars`) and, for arguments that take several files, a usage error
+    for a flag given a value (``--json true``)."""
 
     def register(func):
         from ncli.cli.options import refuse_flag_values
@@ -223,7 +227,7 @@ def command(name: str | None = None):
             return checked(*args, **kwargs)
 
         wrapper.__signature__ = _plain_metavars(func)
-        app.command(name, cls=PlainHelpCommand)(wrapper)
+        app.command(cls=PlainHelpCommand, short_help=summary)(wrapper)
         return func
 
     return register

@@ -26,7 +26,7 @@ class By(str, Enum):
     layer = "layer"
 
 
-@command()
+@command("Many runs side by side: trends, JSON/CSV, figures.")
 def compare(
     inputs: Optional[List[str]] = typer.Argument(
         None,

@@ -54,7 +54,7 @@ _ARCH_HELP = (
 )
 
 
-@command()
+@command("Checkpoint(s) + data -> HDF5 feature file(s).")
 def extract(
     checkpoints: List[Path] = typer.Argument(
         ..., metavar="CHECKPOINT...",
@@ -179,7 +179,7 @@ def extract(
         raise typer.Exit(exc.exit_code) from None
 
 
-@command()
+@command("A checkpoint's form, linear layers and classifier.")
 def inspect(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file or Hugging Face model folder; its form is detected from its content.", show_default=False),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),

@@ -14,7 +14,7 @@ from ncli.console import note, warn
 from ncli.errors import NcliError
 
 
-@command()
+@command("Feature or statistics files -> NC1-NC4 metrics.")
 def measure(
     files: List[Path] = typer.Argument(..., metavar="FILE...", help="Feature files (format 1, as written by `ncli extract`) or statistics files (`ncli extract --stats-only`, Accumulator.save).", show_default=False),
     split: str = typer.Option(
