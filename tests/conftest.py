@@ -9,6 +9,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property and fuzz tests draw the same examples on every run ("repeatable", the default: CI
+# does not change its mind); NCLI_HYPOTHESIS_PROFILE=explore draws fresh ones (with
+# NCLI_FUZZ_EXAMPLES=N for more), and what that finds becomes an @example.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("NCLI_HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture

@@ -74,7 +74,9 @@ def net_decisions(H: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ncc_decisions(H: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """argmin_c ||h - mu_c||, by explicit (squared) distances; ties to the smallest index."""
+    """argmin_c ||h - mu_c||, by explicit (squared) distances; ties to the smallest index.
+    Exact while ‖h‖ is moderate: at ‖h‖ ≈ 1e36 the distances (≈ 1e73) round to equal values
+    although ⟨h, μ_c⟩ still separates the classes, which ncli's decisions resolve."""
     C = means.shape[0]
     d2 = np.empty((H.shape[0], C))
     for c in range(C):
@@ -237,6 +239,7 @@ def reference_record(
     # (identical directions, up to rounding, make it infinite: ncli raises an error; None here)
     unit = [M[:, c] / np.linalg.norm(M[:, c]) for c in range(C)]
     dist = [float(np.linalg.norm(unit[c] - unit[d])) for c, d in pairs]
+    gnc2_min_distance = min(dist)
     if min(dist) > 1e-12:
         log_inv = [math.log(1.0 / x) for x in dist]
         metrics["gnc2_log_mean"] = float(np.mean(log_inv))
@@ -299,6 +302,7 @@ def reference_record(
         "splits": splits,
         "metrics": metrics,
         "per_class": per_class,
+        "gnc2_min_distance": gnc2_min_distance,
     }
 
 
@@ -336,8 +340,10 @@ def _fmt(got, want) -> str:
     return f"got {got!r}, want {want!r} (rel err {rel:.3g})"
 
 
-def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class: bool = False) -> None:
-    """Every metric, every split stat (and optionally per-class entry) within rtol of ref."""
+def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class: bool = False, ncc: bool = True) -> None:
+    """Every metric, every split stat (and optionally per-class entry) within rtol of ref.
+    ``ncc=False``: leave out the nearest-class-centre numbers, for data where this reference's
+    float64 distances ‖h − μ_c‖² cannot tell the classes apart (see :func:`ncc_decisions`)."""
     errors = []
     assert rec["num_classes"] == ref["num_classes"], (rec["num_classes"], ref["num_classes"])
     if "classes_measured" in rec:
@@ -346,10 +352,20 @@ def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class
     assert rec["global_mean"] == ref["global_mean"]
     m = rec["metrics"]
     assert set(METRIC_KEYS) <= set(m), f"missing metric keys: {set(METRIC_KEYS) - set(m)}"
+    # GNC2's log 1/‖û_c − û_c'‖ is ill-conditioned when two unit means nearly coincide: an
+    # error of a few ε in the unit vectors moves it by ε/d, and where "coincide" ends (ncli:
+    # 2(p + 3)ε; here 1e-12) is a matter of rounding. There, either answer is accepted.
+    gnc2_ill_conditioned = ref.get("gnc2_min_distance", 1.0) < 1e-9
     for k in METRIC_KEYS:
         if k == "nc1_rank":
             if m[k] != ref["metrics"][k]:
                 errors.append(f"metrics.nc1_rank: got {m[k]!r}, want {ref['metrics'][k]!r}")
+            continue
+        if "ncc" in k and not ncc:
+            continue
+        if k.startswith("gnc2_") and gnc2_ill_conditioned:
+            if not (m[k] is None or math.isfinite(m[k])):
+                errors.append(f"metrics.{k}: got {m[k]!r}, want null or a number (unit means {ref['gnc2_min_distance']:.1e} apart)")
             continue
         if not close(m[k], ref["metrics"][k], rtol):
             errors.append(f"metrics.{k}: {_fmt(m[k], ref['metrics'][k])}")
@@ -357,6 +373,8 @@ def assert_record_matches(rec: dict, ref: dict, *, rtol: float = RTOL, per_class
     for name, st in ref["splits"].items():
         got = rec["splits"][name]
         for k in SPLIT_KEYS:
+            if "ncc" in k and not ncc:
+                continue
             if k not in got:
                 errors.append(f"splits.{name}.{k}: missing")
             elif k == "num_samples":
