@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from ncli.errors import RefusedError, UsageError
 from ncli.extract.data.tokens import next_token_positions, token_ids
-from ncli.extract.extractors.base import Extractor, LinearRow, check_reconstruction, first_forward, model_dtype
-from ncli.extract.extractors.eager import _first_tensor
+from ncli.extract.extractors.base import Extractor, check_reconstruction, first_forward, model_dtype
+from ncli.extract.extractors.eager import _first_tensor, checked_layer_names, linear_rows
 from ncli.extract.inputs import ModelInputs
 
 CHECK_ROWS = 64
@@ -63,16 +63,10 @@ class CausalLMExtractor(Extractor):
                 f"--pool {pool}: a causal language model's --layer outputs are stored per predicted token, like its "
                 "features; leave --pool at none"
             )
-        for lname in layers:
-            if lname not in self.modules or lname == "":
-                raise UsageError(f"--layer {lname}: no such module (see `ncli inspect` for the module tree)")
-        self.layer_names = list(layers)
+        self.layer_names = checked_layer_names(self.modules, layers)
         self.layer_attrs: dict[str, dict] = {}
         self.dtype = model_dtype(model)
-        self.rows = [
-            LinearRow(n, self.modules[n].in_features, self.modules[n].out_features, self.modules[n].bias is not None)
-            for n in linear_names
-        ]
+        self.rows = linear_rows(self.modules, linear_names)
         self._order: list[str] = []
         forward = getattr(model, "forward", None)
         try:

@@ -25,6 +25,19 @@ from ncli.extract.extractors.base import (
 from ncli.extract.inputs import ModelInputs, attention_mask, batch_len, call_model
 
 
+def checked_layer_names(modules: Mapping[str, nn.Module], layers) -> list[str]:
+    """The ``--layer`` names, each a module of the model (the root's empty name is not one)."""
+    for lname in layers:
+        if lname not in modules or lname == "":
+            raise UsageError(f"--layer {lname}: no such module (see `ncli inspect` for the module tree)")
+    return list(layers)
+
+
+def linear_rows(modules: Mapping[str, nn.Module], names) -> list[LinearRow]:
+    """``ncli inspect``'s row of each named nn.Linear."""
+    return [LinearRow(n, modules[n].in_features, modules[n].out_features, modules[n].bias is not None) for n in names]
+
+
 def _first_tensor(obj):
     """A module's output tensor: the tensor, or the first one of a tuple, list or dict (a
     transformers ModelOutput is a dict: its first entry, e.g. last_hidden_state)."""
@@ -72,18 +85,12 @@ class EagerExtractor(Extractor):
                     f"--classifier {classifier} is a {type(self.modules[classifier]).__name__}, not an nn.Linear; "
                     "ncli needs a linear classifier (features·Wᵀ + b)"
                 )
-        for lname in layers:
-            if lname not in self.modules or lname == "":
-                raise UsageError(f"--layer {lname}: no such module (see `ncli inspect` for the module tree)")
-        self.layer_names = list(layers)
+        self.layer_names = checked_layer_names(self.modules, layers)
         self.dtype = model_dtype(model)
         self._handles: list = []
         self._captured: tuple | None = None
         self._layer_out: dict[str, torch.Tensor] = {}
-        self.rows: list[LinearRow] = [
-            LinearRow(n, self.modules[n].in_features, self.modules[n].out_features, self.modules[n].bias is not None)
-            for n in self.linear_names
-        ]
+        self.rows: list[LinearRow] = linear_rows(self.modules, self.linear_names)
 
     def to(self, device) -> "EagerExtractor":
         self.model.to(device)
