@@ -2,7 +2,9 @@
 batches, in the same run (issue 3; target: ncli ≥ 0.9× the bare loop).
 
 The bare loop reads each batch from the same HDF5 file, runs the model and does nothing with
-the output. ncli's number is the whole ``extract()`` call: loading the checkpoint (and its
+the output. "bare + raw writes" also writes what any extractor must store (features, logits,
+labels, row indices) as raw bytes into the output's folder: bare / that is about the best
+ratio any extractor can reach on the machine. ncli's number is the whole ``extract()`` call: loading the checkpoint (and its
 sha256), building the --arch model, classifier discovery, hooks, copying features, logits and
 labels to numpy, the reconstruction check, and the streaming HDF5 writes with temp + rename.
 
@@ -41,6 +43,9 @@ class BenchCNN(nn.Module):
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
+    def penultimate(self, x):
+        return torch.flatten(self.pool(self.features(x)), 1)
+
 
 class BenchMLP(nn.Module):
     def __init__(self, num_classes: int = 10):
@@ -50,6 +55,9 @@ class BenchMLP(nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x))
+
+    def penultimate(self, x):
+        return self.body(x)
 
 
 WORKLOADS = {"cnn": (BenchCNN, (3, 32, 32), 4096, 128), "mlp": (BenchMLP, (64,), 131072, 1024)}
@@ -80,6 +88,25 @@ def bare_loop(model, data: Path, batch_size: int) -> float:
         x, n = f["x"], f["x"].shape[0]
         for s in range(0, n, batch_size):
             model(torch.from_numpy(x[s : s + batch_size]))
+    return time.perf_counter() - t
+
+
+def stored_loop(model, data: Path, batch_size: int, out: Path) -> float:
+    """The bare loop plus the bytes any extractor must store, written raw (no HDF5) into the
+    output's folder: each batch's penultimate features, logits, labels and row indices."""
+    import h5py
+    import numpy as np
+
+    out.unlink(missing_ok=True)  # as for ncli: a first write, not a replacement
+    t = time.perf_counter()
+    with h5py.File(data, "r") as f, torch.inference_mode(), open(out, "wb") as sink:
+        x, y, n = f["x"], f["y"], f["x"].shape[0]
+        for s in range(0, n, batch_size):
+            features = model.penultimate(torch.from_numpy(x[s : s + batch_size]))
+            logits = model.fc(features)
+            labels = y[s : s + batch_size]
+            for part in (features.numpy(), logits.numpy(), labels, np.arange(s, s + labels.shape[0])):
+                sink.write(part.data)
     return time.perf_counter() - t
 
 
@@ -114,14 +141,16 @@ def main() -> None:
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 bare_loop(model, data, bs)  # warm-up
-                bare, ours = [], []
+                bare, stored, ours = [], [], []
                 for _ in range(args.repeats):
                     bare.append(bare_loop(model, data, bs))
+                    stored.append(stored_loop(model, data, bs, tmp / "raw.bin"))
                     ours.append(ncli_extract(ckpt, data, tmp / "out.h5", workload, bs))
-                b, o = min(bare), min(ours)
-                bm, om = statistics.median(bare), statistics.median(ours)
+                b, w, o = min(bare), min(stored), min(ours)
+                bm, wm, om = statistics.median(bare), statistics.median(stored), statistics.median(ours)
                 print(
                     f"{workload:4s} N={n:6d} batch={bs:5d} threads={threads}:  bare {n / b:9,.0f} ({n / bm:9,.0f}) samples/s"
+                    f"   bare + raw writes {n / w:9,.0f} ({n / wm:9,.0f}), ratio {b / w:.3f} ({bm / wm:.3f})"
                     f"   ncli extract {n / o:9,.0f} ({n / om:9,.0f}) samples/s   ratio {b / o:.3f} ({bm / om:.3f})"
                     f"   load {os.getloadavg()[0]:.2f}"
                 )

@@ -13,7 +13,10 @@ alternating, ``--repeat`` times:
           (accuracy, NCC accuracy, disagreement). Timed inside its process, from the file's
           opening to the last result: its interpreter start and imports are not counted;
   ncli  : ``python -m ncli measure FILE --json --threads T``, the whole process (start-up,
-          imports, both passes, exact decisions, every metric).
+          imports, both passes, exact decisions, every metric);
+  fixed : the same command on a file of the same p and C with two rows per class: ncli's
+          start-up and per-file fixed work (reading the classifier, the C × C metrics) with
+          almost no rows. fixed / dense is the least ratio ncli could reach on the case.
 
 It prints the best wall time of each and the ratio ncli / dense (target ≤ 0.5), with the load
 average. Files go to benchmarks/_data/ (git-ignored); --keep keeps them.
@@ -98,14 +101,16 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     return wall, got.stdout
 
 
-def run_case(path: Path, threads: int, repeat: int) -> dict:
+def run_case(path: Path, tiny: Path, threads: int, repeat: int) -> dict:
     env = dict(os.environ)
     for var in THREAD_VARS:
         env[var] = str(threads)
     dense_cmd = [sys.executable, __file__, "--dense", str(path)]
     ncli_cmd = [sys.executable, "-m", "ncli", "measure", str(path), "--json", "--threads", str(threads)]
-    dense_runs, dense_process, ncli_runs = [], [], []
+    fixed_cmd = [*ncli_cmd[:4], str(tiny), *ncli_cmd[5:]]
+    dense_runs, dense_process, ncli_runs, fixed_runs = [], [], [], []
     for _ in range(repeat):
+        fixed_runs.append(timed(fixed_cmd, env)[0])
         wall, out = timed(dense_cmd, env)
         dense_process.append(wall)
         dense_runs.append(json.loads(out)["seconds"])
@@ -116,6 +121,7 @@ def run_case(path: Path, threads: int, repeat: int) -> dict:
         record["splits"][s]["ncc_accuracy"] == baseline[s]["ncc_accuracy"] for s in ("train", "test"))
     return {"dense_s": min(dense_runs), "dense_process_s": min(dense_process), "ncli_s": min(ncli_runs),
             "ratio": min(ncli_runs) / min(dense_runs), "agree": agree,
+            "fixed_s": min(fixed_runs), "fixed_ratio": min(fixed_runs) / min(dense_runs),
             "runs": {"dense": [round(x, 3) for x in dense_runs], "ncli": [round(x, 3) for x in ncli_runs]}}
 
 
@@ -138,17 +144,21 @@ def main() -> None:
     for case in args.case or ["50000x512x10", "20000x512x100"]:
         n, p, C = (int(x) for x in case.split("x"))
         path = DATA / f"smallp_{n}x{p}x{C}.h5"
+        tiny = DATA / f"smallp_{2 * C}x{p}x{C}.h5"
         make_file(path, n, p, C)
+        make_file(tiny, 2 * C, p, C)
         for threads in args.threads or [1, 2]:
-            r = run_case(path, threads, args.repeat)
+            r = run_case(path, tiny, threads, args.repeat)
             print(
                 f"{case:>14}  threads={threads}  dense {r['dense_s']:6.3f} s (its process {r['dense_process_s']:6.3f} s)"
                 f"   ncli {r['ncli_s']:6.3f} s   ratio {r['ratio']:5.2f} (target ≤ 0.5)   same nc1/NCC: {r['agree']}"
+                f"   fixed {r['fixed_s']:6.3f} s (ratio {r['fixed_ratio']:4.2f})"
                 f"   load {os.getloadavg()[0]:.2f}   runs {r['runs']}",
                 flush=True,
             )
         if not args.keep:
             path.unlink()
+            tiny.unlink()
 
 
 if __name__ == "__main__":
