@@ -13,10 +13,11 @@ Pass 2 (every split): d = h − μ_y formed in float64 for every row, and
     (:mod:`ncli.measure.decisions`), so every decision equals the spec's.
 With a class selection (``--min-per-class``), rows of the classes left out are dropped from
 every block first: they count in no split.
-Each block is processed whole by one worker thread with single-threaded BLAS, by the fused
-per-block kernels of :mod:`ncli.measure.kernels` (compiled C, or numpy); block results are
-added to the accumulators (:mod:`ncli.measure.statistics`) in block order, so results are
-bit-identical whatever the thread count (:mod:`ncli.measure.blocks`). Memory is
+Pass 2 processes each block whole on one of the worker threads (pass 1, light, runs in the
+calling thread beside the reader), with single-threaded BLAS and the fused per-block kernels
+of :mod:`ncli.measure.kernels` (compiled C, or numpy); block results are added to the
+accumulators (:mod:`ncli.measure.statistics`) in block order, so results are bit-identical
+whatever the thread count (:mod:`ncli.measure.blocks`). Memory is
 O(block · (p + C) + C · p), plus p² for the scatter, independent of N.
 """
 
@@ -120,8 +121,10 @@ class NumpyBackend:
                 raise NonFiniteFeatures(block.start, block.features)
             return segments.classes, part, np.bincount(block.labels, minlength=num_classes)
 
+        # one thread: a block's sums cost about what reading it costs, so more workers only
+        # contend with the reader for memory and the GIL (benchmarks/README.md, issue 16)
         with single_threaded_blas():
-            for classes, part, counts in ordered_map(block_sums, blocks, self.threads):
+            for classes, part, counts in ordered_map(block_sums, blocks, 1):
                 stats.add(classes, part, counts)
 
     def evaluate(self, blocks: Iterable[Chunk], model: Model, stats: SplitStatistics) -> None:
