@@ -4,9 +4,10 @@ batches, in the same run (issue 3; target: ncli ≥ 0.9× the bare loop).
 The bare loop reads each batch from the same HDF5 file, runs the model and does nothing with
 the output. "bare + raw writes" also writes what any extractor must store (features, logits,
 labels, row indices) as raw bytes into the output's folder: bare / that is about the best
-ratio any extractor can reach on the machine. ncli's number is the whole ``extract()`` call: loading the checkpoint (and its
-sha256), building the --arch model, classifier discovery, hooks, copying features, logits and
-labels to numpy, the reconstruction check, and the streaming HDF5 writes with temp + rename.
+ratio any extractor can reach on the machine. ncli's number is the whole ``extract()`` call:
+loading the checkpoint (and its sha256), building the --arch model, classifier discovery,
+hooks, copying features, logits and labels to numpy, the reconstruction check, and the
+streaming HDF5 writes with temp + rename.
 
     python benchmarks/extract_bench.py                 # both workloads, 1 and 2 threads
     python benchmarks/extract_bench.py --threads 1 --workload cnn --n 2048

@@ -5,11 +5,12 @@ as separate processes with the same BLAS thread count:
   floor : one streamed read of the features (same chunking as ncli) with one float32 GEMM
           per chunk against a p × 2C matrix — the least work any NC1 + NC4 tool must do;
   exact : the least work of an *exact* two-pass method, read as the floor reads (ncli's work
-          less every per-class sum, decision and metric): pass 1 reads the defining split; pass 2 reads it
-          again, centres each chunk on its class means in float64 and projects it on k = C − 1
-          float64 columns (NC1 to 1e-9 needs float64 sums of products of centred rows), and
-          forms the float32 logits (p × C); every other split: one read and one float32 GEMM
-          against p × 2C, as in the floor. BLAS threads as the floor;
+          less every per-class sum, decision and metric): pass 1 reads the defining split;
+          pass 2 reads it again, centres each chunk on its class means in float64 and
+          projects it on k = C − 1 float64 columns (NC1 to 1e-9 needs float64 sums of
+          products of centred rows), and forms the float32 logits (p × C); every other
+          split: one read and one float32 GEMM against p × 2C, as in the floor. BLAS threads
+          as the floor;
   ncli  : `ncli measure FILE --json` (two passes, float64).
 exact / floor is about the best ratio an exact method can reach on this machine (issue 16 asks
 ncli ≤ 1.5× the floor). Each is run `--repeat` times alternately; the minimum wall time is

@@ -106,8 +106,9 @@ def run_case(path: Path, tiny: Path, threads: int, repeat: int) -> dict:
     for var in THREAD_VARS:
         env[var] = str(threads)
     dense_cmd = [sys.executable, __file__, "--dense", str(path)]
-    ncli_cmd = [sys.executable, "-m", "ncli", "measure", str(path), "--json", "--threads", str(threads)]
-    fixed_cmd = [*ncli_cmd[:4], str(tiny), *ncli_cmd[5:]]
+    ncli_cmd, fixed_cmd = (
+        [sys.executable, "-m", "ncli", "measure", str(file), "--json", "--threads", str(threads)] for file in (path, tiny)
+    )
     dense_runs, dense_process, ncli_runs, fixed_runs = [], [], [], []
     for _ in range(repeat):
         fixed_runs.append(timed(fixed_cmd, env)[0])
