@@ -92,9 +92,9 @@ class _Buffers(threading.local):
 
 
 class NumpyBackend:
-    """The passes with numpy and the per-block kernels, blocks on ``threads`` worker threads
-    (default :func:`resolve_threads`), each with single-threaded BLAS (concurrent
-    multi-threaded BLAS calls thrash). ``kernels``: the compiled kernels or their numpy
+    """The passes with numpy and the per-block kernels: pass 2's blocks on ``threads`` worker
+    threads (default :func:`resolve_threads`), pass 1's in the calling thread, all with
+    single-threaded BLAS (concurrent multi-threaded BLAS calls thrash). ``kernels``: the compiled kernels or their numpy
     implementation (default :data:`ncli.measure.kernels.default_kernels`); ``nc1_method``: "auto"
     (:func:`cheaper_nc1_method`), "project" or "scatter". ``pair_sweep`` sweeps pairs of
     classes on the same threads, in tiles of ``pair_tile`` classes."""
